@@ -1,0 +1,7 @@
+"""`python -m mmssl` runs the command line."""
+
+import sys
+
+from mmssl.cli import main
+
+sys.exit(main())

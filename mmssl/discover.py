@@ -1,0 +1,40 @@
+"""What `mmssl ls` lists, found by looking at the installed code and files, never from a hand-kept list."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from mmssl.modalities import Modality, all_modalities
+
+__all__ = ["modalities", "encoders", "configs", "CONFIG_ROOT"]
+
+CONFIG_ROOT = Path(__file__).resolve().parent.parent / "recipes" / "configs"
+"""Where the shipped recipe configs live: recipes/configs/<modality>/<name>.yaml."""
+
+_PLAIN_VIT = re.compile(r"^vit_[a-z]+_patch\d+_\d+$")
+
+
+def modalities() -> dict[str, Modality]:
+    """Modality specs by name."""
+    return all_modalities()
+
+
+def encoders(all_names: bool = False) -> list[str]:
+    """timm Vision Transformer names a `TokenEncoder` can be built from.
+
+    By default only the plain sizes (e.g. vit_base_patch16_224); `all_names` lists every model timm defines in
+    its vision_transformer module (CLIP, SigLIP and other variants share the trunk).
+    """
+    import timm  # imported here: timm's registry import is slow and most commands do not need it
+
+    names = timm.list_models(module="vision_transformer")
+    return sorted(names if all_names else [n for n in names if _PLAIN_VIT.match(n)])
+
+
+def configs(root: Path = CONFIG_ROOT) -> dict[str, list[str]]:
+    """Shipped configs per modality folder: {modality: [config names]}."""
+    if not root.is_dir():
+        return {}
+    return {d.name: sorted(p.stem for p in d.glob("*.yaml"))
+            for d in sorted(root.iterdir()) if d.is_dir() and any(d.glob("*.yaml"))}

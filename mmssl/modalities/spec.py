@@ -1,0 +1,95 @@
+"""The frozen spec that says what differs between modalities, so methods need no `if modality == ...` branches."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from mmssl.tokens import Tokens, patchify
+
+__all__ = ["Modality"]
+
+
+@dataclass(frozen=True)
+class Modality:
+    """What a modality's dense tensors look like and how they become tokens.
+
+    Attributes:
+        name: short name, also the `Tokens.modality` tag ("image", "video", ...).
+        patch: patch extent per patched axis, e.g. (16, 16) or (2, 16, 16).
+        size: default input extent per patched axis, e.g. (224, 224); the grid is size // patch.
+        channels: channels per cell (3 for RGB, 1 for depth, spectrograms and class maps).
+        key: the sample key that holds this modality in a shard (webdataset extension), e.g. "jpg".
+        mean: per-channel mean used to normalise; None means per-sample standardisation.
+        std: per-channel std used to normalise (ignored when mean is None).
+        num_classes: number of classes for categorical maps (class ids, no normalisation); None otherwise.
+    """
+
+    name: str
+    patch: tuple[int, ...]
+    size: tuple[int, ...]
+    channels: int
+    key: str
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    num_classes: int | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.patch) != len(self.size):
+            raise ValueError(f"modality {self.name!r}: patch {self.patch} and size {self.size} differ in length")
+        if any(s % p for s, p in zip(self.size, self.patch)):
+            raise ValueError(f"modality {self.name!r}: size {self.size} is not divisible by patch {self.patch}")
+        if self.mean is not None and (self.std is None or len(self.mean) != len(self.std)):
+            raise ValueError(f"modality {self.name!r}: mean and std must both be given, of equal length")
+
+    @property
+    def categorical(self) -> bool:
+        return self.num_classes is not None
+
+    @property
+    def grid(self) -> tuple[int, ...]:
+        return tuple(s // p for s, p in zip(self.size, self.patch))
+
+    @property
+    def num_tokens(self) -> int:
+        return math.prod(self.grid)
+
+    @property
+    def patch_dim(self) -> int:
+        """Length of one raw patch vector (values per token)."""
+        return math.prod(self.patch) * self.channels
+
+    def _stats(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        shape = (1, -1) + (1,) * (x.dim() - 2)  # broadcast over (B, C, *axes)
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).reshape(shape)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).reshape(shape)
+        return mean, std
+
+    def normalize(self, x: Tensor) -> Tensor:
+        """Normalises a dense batch (B, C, *axes): dataset statistics, per-sample standardisation, or none."""
+        if self.categorical:
+            return x
+        if self.mean is None:
+            dims = tuple(range(1, x.dim()))
+            return (x - x.mean(dims, keepdim=True)) / (x.std(dims, keepdim=True) + 1e-6)
+        mean, std = self._stats(x)
+        return (x - mean) / std
+
+    def denormalize(self, x: Tensor) -> Tensor:
+        """Undoes dataset-statistics normalisation (for figures); other modalities are returned unchanged."""
+        if self.categorical or self.mean is None:
+            return x
+        mean, std = self._stats(x)
+        return x * std + mean
+
+    def tokenize(self, x: Tensor) -> Tokens:
+        """Patchifies a dense batch (B, C, *axes) (or (B, *axes) class ids) into `Tokens` of this modality."""
+        if self.categorical and x.dim() == len(self.patch) + 1:
+            x = x.unsqueeze(1)  # (B, 1, *axes): class ids as one channel
+        if x.shape[1] != self.channels:
+            raise ValueError(f"modality {self.name!r} expects {self.channels} channels, got shape {tuple(x.shape)}")
+        patches, grid = patchify(x, self.patch)
+        return Tokens(patches=patches, grid=grid, patch=self.patch, modality=self.name)

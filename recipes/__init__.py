@@ -1,0 +1,1 @@
+"""Training and evaluation recipes, and their configs under recipes/configs/<modality>/."""
