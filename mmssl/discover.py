@@ -7,7 +7,7 @@ from pathlib import Path
 
 from mmssl.modalities import Modality, all_modalities
 
-__all__ = ["modalities", "encoders", "configs", "CONFIG_ROOT"]
+__all__ = ["modalities", "methods", "encoders", "configs", "CONFIG_ROOT"]
 
 CONFIG_ROOT = Path(__file__).resolve().parent.parent / "recipes" / "configs"
 """Where the shipped recipe configs live: recipes/configs/<modality>/<name>.yaml."""
@@ -18,6 +18,13 @@ _PLAIN_VIT = re.compile(r"^vit_[a-z]+_patch\d+_\d+$")
 def modalities() -> dict[str, Modality]:
     """Modality specs by name."""
     return all_modalities()
+
+
+def methods() -> dict:
+    """Method classes by lower-case class name."""
+    from mmssl.methods import all_methods
+
+    return all_methods()
 
 
 def encoders(all_names: bool = False) -> list[str]:

@@ -1,0 +1,1 @@
+"""Evaluation of frozen encoders: k-NN, linear probes, label propagation."""
