@@ -27,4 +27,4 @@ def test_weighted_knn_equals_brute_force() -> None:
 def test_topk_accuracy() -> None:
     scores = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.1, 0.2], [0.3, 0.2, 0.1]])
     acc = topk_accuracy(scores, torch.tensor([1, 2, 2]), ks=(1, 2, 5))
-    assert acc["top1"] == 100 / 3 and abs(acc["top2"] - 200 / 3) < 1e-9 and acc["top5"] == 100.0
+    assert abs(acc["top1"] - 100 / 3) < 1e-4 and abs(acc["top2"] - 200 / 3) < 1e-4 and acc["top5"] == 100.0
