@@ -1,0 +1,82 @@
+"""`mmssl shard SRC OUT --modality ...`: media folders or manifests -> WebDataset tar shards; `--verify OUT`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _part(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--part must look like i/n, got {text!r}") from None
+    if not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"--part {text}: need 0 <= i < n")
+    return i, n
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipelines.sharding.samples import Transcode
+    from pipelines.sharding.tool import ShardOptions, run_sharding
+    from pipelines.sharding.verify import verify_shards
+
+    if args.verify:
+        problems = verify_shards(Path(args.verify), progress=not args.quiet)
+        for p in problems:
+            print(p)
+        print("verify: ok" if not problems else f"verify: {len(problems)} problem(s)")
+        return 0 if not problems else 1
+    if not (args.src and args.out):
+        print("mmssl shard: error: SRC and OUT are required (or --verify OUT)", file=sys.stderr)
+        return 2
+    transcode = Transcode(enabled=args.transcode, short_side=args.short_side, fps=args.fps, gop=args.gop,
+                          chunk_seconds=args.chunk_seconds, keep_audio=args.keep_audio,
+                          image_short_side=args.image_short_side)
+    opts = ShardOptions(modality=args.modality, samples_per_shard=args.samples_per_shard,
+                        shard_bytes=int(args.shard_mb * 2**20) if args.shard_mb else None, prefix=args.prefix,
+                        seed=None if args.no_shuffle else args.seed, workers=args.workers, part=args.part,
+                        resume=args.resume, transcode=transcode)
+    try:
+        summary = run_sharding(Path(args.src), Path(args.out), opts, progress=not args.quiet)
+    except ValueError as err:
+        print(f"mmssl shard: error: {err}", file=sys.stderr)
+        return 2
+    if summary["complete"]:
+        print(f"{summary['samples']} samples in {summary['shards']} shards ({summary['bytes'] / 2**20:.1f} MiB), "
+              f"{summary['errors']} file(s) skipped (see {Path(args.out) / 'errors.jsonl'}); "
+              f"built {summary['built']}, kept {summary['kept']}")
+    else:
+        print(f"part {args.part[0]}/{args.part[1]}: built {summary['built']}, kept {summary['kept']} of "
+              f"{summary['shards']} shards; index.json is written when every part has finished "
+              f"(rerun any part with --resume to write it)")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Adds `mmssl shard`."""
+    p = subparsers.add_parser("shard", help="write media folders or manifests as WebDataset tar shards",
+                              description="Shard a folder tree (class sub-folders become labels), a CSV/JSONL "
+                                          "manifest, or a DAVIS-style folder into tar shards with an index.")
+    p.add_argument("src", nargs="?", help="folder, manifest (.csv/.jsonl) or DAVIS-style folder")
+    p.add_argument("out", nargs="?", help="output folder")
+    p.add_argument("--modality", default="image", choices=["image", "video", "audio", "multimodal"])
+    p.add_argument("--samples-per-shard", type=int, default=1000)
+    p.add_argument("--shard-mb", type=float, default=None, help="target shard size in MiB (instead of a count)")
+    p.add_argument("--prefix", default="shard")
+    p.add_argument("--seed", type=int, default=0, help="seed of the shuffle that mixes items across shards")
+    p.add_argument("--no-shuffle", action="store_true", help="keep the sorted order")
+    p.add_argument("--workers", type=int, default=0, help="parallel processes (0: this process)")
+    p.add_argument("--part", type=_part, default=(0, 1), help="i/n: build only this machine's share of shards")
+    p.add_argument("--resume", action="store_true", help="keep finished shards of an interrupted run")
+    p.add_argument("--transcode", action="store_true", help="re-encode media (otherwise bytes are stored as is)")
+    p.add_argument("--short-side", type=int, default=256, help="video short side after transcoding")
+    p.add_argument("--fps", type=float, default=None, help="constant frame rate (default: the source's)")
+    p.add_argument("--gop", type=int, default=16, help="keyframe interval of transcoded video")
+    p.add_argument("--chunk-seconds", type=float, default=None, help="split transcoded videos into chunks")
+    p.add_argument("--keep-audio", action="store_true", help="keep a video's audio as mono 16 kHz FLAC")
+    p.add_argument("--image-short-side", type=int, default=None, help="max short side of transcoded images")
+    p.add_argument("--verify", metavar="OUT", help="re-read the shards in OUT against its index.json")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)

@@ -1,0 +1,108 @@
+"""Probing media with PyAV (and PIL for images): what the loader needs to sample clips without decoding twice.
+
+A file that cannot be opened, or whose first frame cannot be decoded, raises `ProbeError` with the reason; the
+sharding tool records it in errors.jsonl and goes on.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ProbeError", "probe_video", "probe_audio", "probe_image", "probe"]
+
+
+class ProbeError(Exception):
+    """A media file that cannot be used; the message says why."""
+
+
+def _open(source: Path | bytes):
+    import av
+
+    try:
+        return av.open(io.BytesIO(source) if isinstance(source, bytes) else str(source))
+    except (av.FFmpegError, OSError, ValueError) as err:
+        raise ProbeError(f"cannot open: {err}") from None
+
+
+def probe_video(source: Path | bytes) -> dict[str, Any]:
+    """fps, frame count, duration, keyframe indices, size, codec and audio stream of a video."""
+    import av
+
+    with _open(source) as container:
+        if not container.streams.video:
+            raise ProbeError("no video stream")
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate or stream.guessed_rate or 0)
+        stamps, key_stamps = [], []
+        try:
+            # demuxing reads packets without decoding: cheap, and it gives the exact count and the keyframes
+            for packet in container.demux(stream):
+                if packet.size == 0:
+                    continue
+                stamp = packet.pts if packet.pts is not None else len(stamps)
+                stamps.append(stamp)
+                if packet.is_keyframe:
+                    key_stamps.append(stamp)
+            container.seek(0)
+            first = next(container.decode(stream), None)
+        except (av.FFmpegError, OSError, ValueError) as err:
+            raise ProbeError(f"cannot decode: {err}") from None
+        count = len(stamps)
+        # packets come in decode order; B-frames make it differ from display order, so index keyframes by pts rank
+        rank = {stamp: i for i, stamp in enumerate(sorted(stamps))}
+        keyframes = sorted(rank[s] for s in key_stamps)
+        if first is None or count == 0:
+            raise ProbeError("no decodable video frame")
+        audio = None
+        if container.streams.audio:
+            a = container.streams.audio[0]
+            audio = {"rate": int(a.sample_rate or 0), "channels": int(a.channels or 0), "codec": a.codec_context.name}
+        duration = count / fps if fps else float(container.duration or 0) / 1e6
+        return {"fps": fps, "frames": count, "duration": duration, "keyframes": keyframes,
+                "width": int(stream.codec_context.width), "height": int(stream.codec_context.height),
+                "codec": stream.codec_context.name, "audio": audio}
+
+
+def probe_audio(source: Path | bytes) -> dict[str, Any]:
+    """Sample rate, channels, sample count and duration of an audio file (decoded once to count exactly)."""
+    import av
+
+    with _open(source) as container:
+        if not container.streams.audio:
+            raise ProbeError("no audio stream")
+        stream = container.streams.audio[0]
+        samples = 0
+        try:
+            for frame in container.decode(stream):
+                samples += frame.samples
+        except (av.FFmpegError, OSError, ValueError) as err:
+            raise ProbeError(f"cannot decode: {err}") from None
+        if samples == 0:
+            raise ProbeError("no decodable audio")
+        rate = int(stream.sample_rate)
+        return {"rate": rate, "channels": int(stream.channels), "samples": samples, "duration": samples / rate,
+                "codec": stream.codec_context.name}
+
+
+def probe_image(source: Path | bytes) -> dict[str, Any]:
+    """Size and format of an image, after a full decode (truncated files fail here, not in training)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
+            img.load()
+            return {"width": img.width, "height": img.height, "format": (img.format or "").lower(),
+                    "mode": img.mode}
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+        raise ProbeError(f"cannot decode image: {err}") from None
+
+
+def probe(path: Path, modality: str) -> dict[str, Any]:
+    """Probes a file as the given modality ("image"/"multimodal" use the image prober)."""
+    if modality == "video":
+        return probe_video(path)
+    if modality == "audio":
+        return probe_audio(path)
+    return probe_image(path)
