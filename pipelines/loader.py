@@ -1,0 +1,206 @@
+"""StreamLoader: deterministic, resumable streaming of tar shards into batches, split across ranks and workers.
+
+What it guarantees (see `pipelines.order`): global batch b is the same set of samples in the same order for any
+number of ranks and workers; every rank yields the same number of batches per epoch; `state_dict()` is
+{seed, epoch, samples_consumed} and restoring it continues the identical stream, also with another world size or
+worker count; bad samples are skipped and counted, never silently dropped, never slept on.
+
+Workers run the stages (CPU only); the device stage runs on the batches in the main process.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from collections import defaultdict
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from pipelines.collate import collate
+from pipelines.meta import parse_meta
+from pipelines.order import EpochOrder, batch_slices, num_batches
+from pipelines.reader import ReadTimer, read_stream
+from pipelines.sample import Sample
+from pipelines.shards import ShardList, resolve_shards
+from pipelines.stats import LoaderStats
+
+__all__ = ["StreamLoader"]
+
+Stage = Callable[[Iterable[Sample]], Iterator[Sample]]
+
+
+class _Timed:
+    """Wraps an iterator and adds the seconds spent in it to `totals[name]` (inclusive of upstream stages)."""
+
+    def __init__(self, it: Iterator, name: str, totals: dict) -> None:
+        self.it, self.name, self.totals = it, name, totals
+
+    def __iter__(self) -> "_Timed":
+        return self
+
+    def __next__(self) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return next(self.it)
+        finally:
+            self.totals[self.name] += time.perf_counter() - t0
+
+
+class _Epoch(IterableDataset):
+    """One rank's batches of one epoch; in a DataLoader worker, that worker's share."""
+
+    def __init__(self, shards: ShardList, order: EpochOrder, stages: Sequence[Stage], *, global_batch: int,
+                 rank: int, world: int, start: int, drop_last: bool, seed: int) -> None:
+        self.shards, self.order, self.stages = shards, order, list(stages)
+        self.global_batch, self.rank, self.world = global_batch, rank, world
+        self.start, self.drop_last, self.seed = start, drop_last, seed
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        slices = batch_slices(self.order.total, self.global_batch, self.rank, self.world, drop_last=self.drop_last,
+                              start=self.start, worker=worker, workers=workers)
+        positions = np.concatenate([np.arange(lo, hi) for _, lo, hi in slices] or [np.zeros(0, np.int64)])
+        timer, totals = ReadTimer(), defaultdict(float)
+        stream = self._samples(positions, timer)
+        names = ["parse_meta"] + [getattr(s, "__name__", type(s).__name__) for s in self.stages]
+        for name, stage in zip(names, [parse_meta, *self.stages]):
+            stream = _Timed(iter(stage(stream)), name, totals)
+        for b, lo, hi in slices:
+            try:
+                samples = [next(stream) for _ in range(hi - lo)]
+            except StopIteration:
+                raise RuntimeError(f"the pipeline ended before batch {b} was complete: every stage must yield "
+                                   f"exactly one sample (or skip marker) per input sample") from None
+            batch = collate(samples)
+            # inclusive stage times -> time of each stage alone (each stage's clock includes the ones before it)
+            timing, before = {"read": timer.seconds}, timer.seconds
+            for name in names:
+                timing[name] = totals[name] - before
+                before = totals[name]
+            batch["__timing__"] = timing
+            timer.seconds = 0.0
+            totals.clear()
+            yield batch
+
+    def _samples(self, positions: np.ndarray, timer: ReadTimer) -> Iterator[Sample]:
+        """Samples at `positions` (ascending), read window by window and emitted in position order."""
+        order = self.order
+        stream_idx = order.stream_index(positions)
+        window = max(order.window, 1)
+        bounds = np.flatnonzero(np.diff(positions // window)) + 1  # where a new shuffle window starts
+        groups = np.split(np.arange(len(positions)), bounds)
+        needed = (int(s) for g in groups for s in np.sort(stream_idx[g]))
+        reader = read_stream(self.shards, order, needed, timer)
+        held: dict[int, Sample] = {}
+        for g in groups:
+            # the window's samples arrive in stream order; hold them until all are there, then emit by position
+            want = set(int(s) for s in stream_idx[g])
+            while not want.issubset(held):
+                s, sample = next(reader)
+                held[s] = sample
+            for i in g:
+                sample = held.pop(int(stream_idx[i]))
+                sample.update(__index__=int(positions[i]), __seed__=self.seed, __epoch__=order.epoch)
+                yield sample
+
+
+class StreamLoader:
+    """Iterates batches of one rank, epoch after epoch, from tar shards.
+
+    Args:
+        source: index.json, a folder holding one, a brace pattern, or a list of shard URLs.
+        batch_size: the GLOBAL batch size; each rank yields its slice (batch_size / world_size samples).
+        stages: pipeline stages run in workers after metadata parsing (decode, clip, crop...).
+        seed: data seed (shard order, shuffle windows, per-sample randomness).
+        rank: this rank (default: torch.distributed's, else 0).
+        world_size: number of ranks (default: torch.distributed's, else 1).
+        num_workers: DataLoader worker processes (0: in this process).
+        shuffle_window: samples per shuffle window (a buffer of encoded samples); 0 keeps the shard order.
+        shuffle_shards: permute shards every epoch.
+        drop_last: training drops the last partial global batch; evaluation (False) reads every sample once.
+        max_skip_fraction: stop with a DataError when more samples than this are skipped.
+        pin_memory: pin batches for fast host-to-device copies.
+        prefetch_factor: batches each worker prepares ahead.
+        start_method: worker start method; default fork, or forkserver once CUDA is initialised (fork after
+            CUDA initialisation can hang).
+    """
+
+    def __init__(self, source: str | Sequence[str], *, batch_size: int, stages: Sequence[Stage] = (), seed: int = 0,
+                 rank: int | None = None, world_size: int | None = None, num_workers: int = 0,
+                 shuffle_window: int = 1000, shuffle_shards: bool = True, drop_last: bool = True,
+                 max_skip_fraction: float = 0.1, pin_memory: bool = False, prefetch_factor: int = 2,
+                 start_method: str | None = None) -> None:
+        dist = torch.distributed.is_available() and torch.distributed.is_initialized()
+        self.rank = rank if rank is not None else (torch.distributed.get_rank() if dist else 0)
+        self.world_size = world_size if world_size is not None else (
+            torch.distributed.get_world_size() if dist else 1)
+        if batch_size < self.world_size:
+            raise ValueError(f"global batch_size {batch_size} is smaller than world_size {self.world_size}")
+        self.shards = source if isinstance(source, ShardList) else resolve_shards(source)
+        if self.shards.total == 0:
+            raise ValueError(f"the shards of {source!r} hold no samples")
+        self.batch_size, self.stages, self.seed = batch_size, list(stages), seed
+        self.num_workers, self.shuffle_window, self.shuffle_shards = num_workers, shuffle_window, shuffle_shards
+        self.drop_last, self.pin_memory, self.prefetch_factor = drop_last, pin_memory, prefetch_factor
+        self.start_method = start_method
+        self.stats = LoaderStats(max_skip_fraction=max_skip_fraction)
+        self.epoch, self.samples_consumed = 0, 0
+        if num_batches(self.shards.total, batch_size, drop_last=drop_last) == 0:
+            raise ValueError(f"{self.shards.total} samples make no full global batch of {batch_size}")
+
+    def __len__(self) -> int:
+        """Batches left in the current epoch (the same on every rank)."""
+        total = num_batches(self.shards.total, self.batch_size, drop_last=self.drop_last)
+        return total - self.samples_consumed // self.batch_size
+
+    def state_dict(self) -> dict[str, int]:
+        """The stream position: restoring it continues exactly (any world size or worker count)."""
+        return {"seed": self.seed, "epoch": self.epoch, "samples_consumed": self.samples_consumed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if state["samples_consumed"] % self.batch_size:
+            raise ValueError(f"samples_consumed {state['samples_consumed']} is not a multiple of the global "
+                             f"batch size {self.batch_size}; resume with the batch size the run was saved with")
+        self.seed, self.epoch, self.samples_consumed = state["seed"], state["epoch"], state["samples_consumed"]
+
+    def _order(self) -> EpochOrder:
+        return EpochOrder(self.shards.counts, seed=self.seed, epoch=self.epoch, window=self.shuffle_window,
+                          shuffle_shards=self.shuffle_shards)
+
+    def _context(self) -> str:
+        if self.start_method:
+            return self.start_method
+        return "forkserver" if torch.cuda.is_available() and torch.cuda.is_initialized() else "fork"
+
+    def __iter__(self) -> Iterator[dict]:
+        """Batches for the rest of the current epoch; the next call starts the next epoch."""
+        if len(self) <= 0:
+            self.epoch, self.samples_consumed = self.epoch + 1, 0
+        data = _Epoch(self.shards, self._order(), self.stages, global_batch=self.batch_size, rank=self.rank,
+                      world=self.world_size, start=self.samples_consumed // self.batch_size,
+                      drop_last=self.drop_last, seed=self.seed)
+        kwargs: dict[str, Any] = {}
+        if self.num_workers:
+            kwargs = dict(multiprocessing_context=multiprocessing.get_context(self._context()),
+                          prefetch_factor=self.prefetch_factor)
+        loader = DataLoader(data, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
+                            **kwargs)
+        if self.samples_consumed == 0:
+            self.stats.reset()
+        it = iter(loader)
+        while True:
+            t0 = time.perf_counter()
+            try:
+                batch = next(it)
+            except StopIteration:
+                break
+            self.stats.seconds["wait"] += time.perf_counter() - t0
+            self.stats.add(batch)
+            self.samples_consumed += self.batch_size
+            yield batch
+        if len(self) <= 0:
+            self.epoch, self.samples_consumed = self.epoch + 1, 0

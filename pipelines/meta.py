@@ -1,0 +1,24 @@
+"""The first stage of every pipeline: parse `json` metadata into a dict and `cls` into an int label."""
+
+from __future__ import annotations
+
+import json
+from typing import Iterable, Iterator
+
+from pipelines.sample import Sample, guarded
+
+__all__ = ["parse_meta"]
+
+
+def _parse(sample: Sample) -> Sample:
+    out = dict(sample)
+    if isinstance(out.get("json"), (bytes, str)):
+        out["json"] = json.loads(out["json"])
+    if isinstance(out.get("cls"), (bytes, str)):
+        out["cls"] = int(out["cls"])
+    return out
+
+
+def parse_meta(samples: Iterable[Sample]) -> Iterator[Sample]:
+    """Stage: json bytes -> dict, cls bytes -> int; a sample whose metadata does not parse is skipped."""
+    return guarded(_parse, (ValueError, UnicodeDecodeError), what="parse_meta")(samples)

@@ -1,0 +1,116 @@
+"""Where shards come from: index.json files, folders, brace patterns, URL lists; and opening one for reading.
+
+Local paths are opened directly (seekable: tar members that are not needed are skipped without reading them);
+`pipe:` commands and http(s)/gs URLs go through webdataset's `gopen`; other URL schemes (s3://, az://, ...) through
+fsspec when it is installed. Exact per-shard sample counts come from index.json; without one they are counted
+by reading the shards once (with a warning).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Sequence
+
+__all__ = ["ShardList", "resolve_shards", "open_shard", "is_local"]
+
+log = logging.getLogger(__name__)
+_GOPEN_SCHEMES = ("pipe:", "http://", "https://", "gs://", "ais://", "sftp://", "scp://", "hf://")
+
+
+@dataclass(frozen=True)
+class ShardList:
+    """Shard URLs with exact sample counts, and the index metadata (classes, modality) when there is one."""
+
+    urls: tuple[str, ...]
+    counts: tuple[int, ...]
+    meta: dict
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts)
+
+
+def is_local(url: str) -> bool:
+    return "://" not in url and not url.startswith("pipe:")
+
+
+def open_shard(url: str) -> IO[bytes]:
+    """A binary stream of a shard (or index) at a local path or URL."""
+    if is_local(url):
+        return open(url.removeprefix("file:"), "rb")
+    if url.startswith(_GOPEN_SCHEMES):
+        from webdataset.gopen import gopen
+
+        return gopen(url, "rb")
+    try:
+        import fsspec
+    except ImportError:
+        raise ValueError(f"cannot open {url}: install fsspec for this URL scheme, or use a pipe: command") from None
+    return fsspec.open(url, "rb").open()
+
+
+def _join(base: str, name: str) -> str:
+    if "://" in name or name.startswith(("/", "pipe:")):
+        return name
+    if base.startswith("pipe:"):
+        raise ValueError(f"shard {name!r} is relative, but its index came through a pipe; use absolute URLs")
+    return f"{base.rstrip('/')}/{name}" if base else name
+
+
+def _from_index(url: str) -> ShardList:
+    try:
+        with open_shard(url) as f:
+            index = json.loads(f.read())
+    except (OSError, ValueError) as err:
+        raise FileNotFoundError(f"cannot read shard index {url}: {err}") from None
+    base = url.rsplit("/", 1)[0] if "/" in url else ""
+    shards = index.get("shards", [])
+    meta = {k: v for k, v in index.items() if k != "shards"}
+    return ShardList(tuple(_join(base, s["name"]) for s in shards), tuple(int(s["samples"]) for s in shards), meta)
+
+
+def _count(url: str) -> int:
+    count, last = 0, None
+    with open_shard(url) as f, tarfile.open(fileobj=f, mode="r|") as tar:
+        for member in tar:
+            key = member.name.rsplit("/", 1)[-1].split(".", 1)[0]
+            if member.isfile() and key != last:
+                count, last = count + 1, key
+    return count
+
+
+def resolve_shards(source: str | Path | Sequence[str]) -> ShardList:
+    """Resolves a shard source: index.json (path or URL), a folder with index.json, a brace pattern or a list."""
+    if isinstance(source, (list, tuple)):
+        urls = [str(u) for u in source]
+    else:
+        source = str(source)
+        if source.endswith(".json"):
+            return _from_index(source)
+        if is_local(source) and Path(source).is_dir():
+            if not (Path(source) / "index.json").is_file():
+                raise FileNotFoundError(f"{source} has no index.json; run `mmssl shard` or pass shard paths")
+            return _from_index(str(Path(source) / "index.json"))
+        from braceexpand import braceexpand
+
+        urls = list(braceexpand(source))
+    if not urls:
+        raise FileNotFoundError(f"no shards in {source!r}")
+    base = urls[0].rsplit("/", 1)[0] if "/" in urls[0] else "."
+    if not urls[0].startswith("pipe:"):  # a pipe command has no folder to look for an index in
+        try:
+            beside = _from_index(_join(base, "index.json"))
+            known = dict(zip(beside.urls, beside.counts))
+            if all(u in known for u in urls):
+                return ShardList(tuple(urls), tuple(known[u] for u in urls), beside.meta)
+        except FileNotFoundError:
+            pass
+    for u in urls:
+        if is_local(u) and not Path(u).is_file():
+            raise FileNotFoundError(f"shard not found: {u}")
+    log.warning("no index.json beside %s: counting samples by reading %d shard(s) once", urls[0], len(urls))
+    return ShardList(tuple(urls), tuple(_count(u) for u in urls), {})
