@@ -31,23 +31,29 @@ def is_skipped(sample: Sample) -> bool:
     return SKIP in sample
 
 
-def guarded(fn: Callable[[Sample], Sample], errors: tuple[type[BaseException], ...] = (Exception,),
-            what: str = "") -> Callable[[Iterable[Sample]], Iterator[Sample]]:
-    """Makes a stage from a per-sample function: skip markers pass through, errors become skip markers.
+class _Guarded:
+    """A stage applying a per-sample function, turning its errors into skip markers (picklable for spawn)."""
 
-    The reason names the stage (`what`, default the function name), the error type and its message.
-    """
-    name = what or getattr(fn, "__name__", "stage")
+    def __init__(self, fn: Callable[[Sample], Sample], errors: tuple[type[BaseException], ...], name: str) -> None:
+        self.fn, self.errors, self.__name__ = fn, errors, name
 
-    def stage(samples: Iterable[Sample]) -> Iterator[Sample]:
+    def __call__(self, samples: Iterable[Sample]) -> Iterator[Sample]:
         for sample in samples:
             if is_skipped(sample):
                 yield sample
                 continue
             try:
-                yield fn(sample)
-            except errors as err:  # one bad sample must not end the stream
-                yield skip(sample, f"{name}: {type(err).__name__}: {err}")
+                yield self.fn(sample)
+            except self.errors as err:  # one bad sample must not end the stream
+                yield skip(sample, f"{self.__name__}: {type(err).__name__}: {err}")
 
-    stage.__name__ = name
-    return stage
+
+def guarded(fn: Callable[[Sample], Sample], errors: tuple[type[BaseException], ...] = (Exception,),
+            what: str = "") -> Callable[[Iterable[Sample]], Iterator[Sample]]:
+    """Makes a stage from a per-sample function: skip markers pass through, errors become skip markers.
+
+    The reason names the stage (`what`, default the function name), the error type and its message. The stage
+    pickles when `fn` does (a module-level function or a picklable object), as worker start methods other than
+    fork require.
+    """
+    return _Guarded(fn, tuple(errors), what or getattr(fn, "__name__", "stage"))

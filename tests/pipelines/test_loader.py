@@ -146,3 +146,26 @@ def test_timing_is_reported(shards: Path) -> None:
     batch = next(iter(loader))
     assert set(batch["__timing__"]) == {"read", "parse_meta", "decode"}
     assert loader.stats.seconds["wait"] > 0
+
+
+def test_loader_from_yaml_with_spawned_workers_and_fsspec_urls(shards: Path, tmp_path: Path) -> None:
+    from mmssl.config import instantiate, load_config
+
+    cfg = tmp_path / "data.yaml"
+    cfg.write_text(f"""
+loader:
+  _component_: pipelines.loader.StreamLoader
+  source: [{", ".join(f"file://{shards}/s-{j:03d}.tar" for j in range(5))}]
+  batch_size: 6
+  shuffle_window: 8
+  num_workers: 2
+  start_method: spawn
+  stages:
+    - _component_: pipelines.meta.keep
+      exts: [json]
+""")
+    loader = instantiate(load_config(cfg)["loader"])
+    batches = list(loader)
+    assert loader.shards.counts == COUNTS
+    assert sorted(m["n"] for b in batches for m in b["json"]) == list(range(30))
+    assert all(set(b) >= {"json", "__key__"} and "num" not in b for b in batches)
