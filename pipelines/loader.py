@@ -10,6 +10,7 @@ Workers run the stages (CPU only); the device stage runs on the batches in the m
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import time
 from collections import defaultdict
@@ -28,6 +29,8 @@ from pipelines.shards import ShardList, resolve_shards
 from pipelines.stats import LoaderStats
 
 __all__ = ["StreamLoader"]
+
+log = logging.getLogger("pipelines.loader")
 
 Stage = Callable[[Iterable[Sample]], Iterator[Sample]]
 
@@ -203,4 +206,5 @@ class StreamLoader:
             self.samples_consumed += self.batch_size
             yield batch
         if len(self) <= 0:
+            log.info("epoch %d: %s", self.epoch, self.stats.summary())
             self.epoch, self.samples_consumed = self.epoch + 1, 0

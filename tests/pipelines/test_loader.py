@@ -169,3 +169,16 @@ loader:
     assert loader.shards.counts == COUNTS
     assert sorted(m["n"] for b in batches for m in b["json"]) == list(range(30))
     assert all(set(b) >= {"json", "__key__"} and "num" not in b for b in batches)
+
+
+def test_sample_missing_a_key_is_skipped(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    root.mkdir()
+    w = ShardWriter(root / "s-000.tar")
+    for n in range(8):
+        w.add(f"k{n}", {"json": b"{}"} if n == 5 else {"num": str(n).encode(), "json": b"{}"})
+    (root / "index.json").write_text(json.dumps({"shards": [w.close()]}))
+    loader = StreamLoader(str(root), batch_size=4, stages=[guarded(to_int)], max_skip_fraction=0.5)
+    used = sorted(n for b in loader for n in b["num"].tolist())
+    assert used == [0, 1, 2, 3, 4, 6, 7]
+    assert loader.stats.skipped == {"to_int": 1} and "KeyError" in loader.stats.first[0][2]
