@@ -1,0 +1,1 @@
+"""Training machinery shared by the recipes: schedules, optimiser groups, EMA, checkpoints, distributed helpers."""
