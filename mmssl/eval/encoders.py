@@ -1,0 +1,124 @@
+"""Frozen encoders for evaluation: loading from a checkpoint, and dense-feature adapters.
+
+A checkpoint is a `torch.save`d dict with "config" (the resolved run config, whose `method.encoder` is the
+encoder's `_component_` mapping) and "model" (the method's state dict, encoder parameters under "encoder.").
+A dense adapter turns frames (B, 3, H, W) in [0, 1] into a feature grid (B, D, H / stride, W / stride).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mmssl.config import ConfigError, instantiate
+from mmssl.modalities import Modality, get_modality
+from mmssl.models.encoder import TokenEncoder
+
+__all__ = ["DenseFeatures", "ViTFeatures", "CNNFeatures", "PixelFeatures", "load_encoder", "dense_features"]
+
+PREFIX = "encoder."
+
+
+class DenseFeatures(Protocol):
+    """Frames (B, 3, H, W) in [0, 1] -> features (B, D, H / stride, W / stride)."""
+
+    stride: int
+
+    def __call__(self, frames: Tensor) -> Tensor: ...
+
+
+def load_encoder(checkpoint: str | Path | None, encoder_config: Mapping | None = None) -> nn.Module:
+    """Builds an encoder in eval mode, with a checkpoint's weights or randomly initialised.
+
+    Args:
+        checkpoint: path of a checkpoint, or None for a random init from `encoder_config`.
+        encoder_config: the encoder's `_component_` mapping; None takes `config.method.encoder` of the checkpoint.
+    """
+    state = None
+    if checkpoint is not None:
+        path = Path(checkpoint)
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint not found: {path}")
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # torch raises several types for unreadable or unsafe pickles
+            raise ConfigError(f"{path}: cannot read checkpoint: {err}") from None
+        if not isinstance(ckpt, Mapping) or "model" not in ckpt:
+            raise ConfigError(f"{path}: a checkpoint must be a dict with 'config' and 'model'")
+        if encoder_config is None:
+            try:
+                encoder_config = ckpt["config"]["method"]["encoder"]
+            except (KeyError, TypeError):
+                raise ConfigError(f"{path}: no config.method.encoder in the checkpoint; pass the encoder config") from None
+        state = {k[len(PREFIX):]: v for k, v in ckpt["model"].items() if k.startswith(PREFIX)}
+        if not state:
+            raise ConfigError(f"{path}: no '{PREFIX}*' parameters in the checkpoint's model")
+    if encoder_config is None:
+        raise ConfigError("no checkpoint and no encoder config: nothing to build an encoder from")
+    encoder = instantiate(dict(encoder_config), where="method.encoder")
+    if state is not None:
+        missing, unexpected = encoder.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ConfigError(f"{checkpoint}: encoder weights do not fit config.method.encoder "
+                              f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
+    return encoder.eval().requires_grad_(False)
+
+
+class ViTFeatures:
+    """Patch-token features of a `TokenEncoder` on its modality's grid (stride = patch size)."""
+
+    def __init__(self, encoder: TokenEncoder) -> None:
+        if len(encoder.modality.patch) != 2:
+            raise ValueError(f"dense image features need a 2-D modality, got {encoder.modality.name!r}")
+        self.encoder, self.modality = encoder, encoder.modality
+        self.stride = int(encoder.modality.patch[0])
+
+    @torch.no_grad()
+    def __call__(self, frames: Tensor) -> Tensor:
+        x = self.modality.normalize(frames)
+        h, w = x.shape[-2:]
+        p = self.modality.patch
+        if h % p[0] or w % p[1]:
+            raise ValueError(f"frame size {h}x{w} is not a multiple of the patch {p}; resize first")
+        return self.encoder.forward_dense(self.modality.tokenize(x))  # (B, D, h/p, w/p)
+
+
+class CNNFeatures:
+    """Any module that maps normalised frames (B, 3, H, W) to (B, D, h, w); the stride is measured once."""
+
+    def __init__(self, module: nn.Module, modality: str | Modality = "image", stride: int | None = None) -> None:
+        self.module, self.modality = module, get_modality(modality)
+        if stride is None:
+            param = next(module.parameters(), None)
+            probe = torch.zeros(1, 3, 64, 64, device=None if param is None else param.device)
+            with torch.no_grad():
+                out = module(probe)
+            if out.dim() != 4:
+                raise ValueError(f"{type(module).__name__} returns shape {tuple(out.shape)}, not (B, D, h, w)")
+            stride = max(1, round(64 / out.shape[-1]))
+        self.stride = int(stride)
+
+    @torch.no_grad()
+    def __call__(self, frames: Tensor) -> Tensor:
+        return self.module(self.modality.normalize(frames))
+
+
+class PixelFeatures:
+    """Raw-pixel baseline: normalised colour averaged over stride x stride cells (3 features per cell)."""
+
+    def __init__(self, stride: int = 8, modality: str | Modality = "image") -> None:
+        self.stride, self.modality = int(stride), get_modality(modality)
+
+    def __call__(self, frames: Tensor) -> Tensor:
+        return F.avg_pool2d(self.modality.normalize(frames), self.stride)  # (B, 3, H/s, W/s)
+
+
+def dense_features(encoder: nn.Module) -> DenseFeatures:
+    """The dense adapter of an encoder: `ViTFeatures` for a `TokenEncoder`, else `CNNFeatures`."""
+    if isinstance(encoder, TokenEncoder):
+        return ViTFeatures(encoder)
+    return CNNFeatures(encoder)
