@@ -16,7 +16,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import yaml
 
-__all__ = ["ConfigError", "load_config", "apply_overrides", "parse_value", "locate", "validate", "instantiate"]
+__all__ = ["ConfigError", "load_config", "apply_overrides", "parse_value", "locate", "validate", "instantiate",
+           "section"]
 
 COMPONENT = "_component_"
 
@@ -179,3 +180,17 @@ def instantiate(node: Any, *args: Any, where: str = "", **kwargs: Any) -> Any:
     if isinstance(node, list):
         return [instantiate(v, where=f"{where}.{i}") for i, v in enumerate(node)]
     return node
+
+
+def section(cls: type, values: Mapping | None, where: str) -> Any:
+    """Builds the dataclass `cls` from a plain config section, naming any unknown key with the valid ones."""
+    import dataclasses
+
+    values = dict(values or {})
+    valid = [f.name for f in dataclasses.fields(cls)]
+    for key in values:
+        if key not in valid:
+            guess = difflib.get_close_matches(key, valid, n=1)
+            hint = f" Did you mean {guess[0]!r}?" if guess else ""
+            raise ConfigError(f"config key '{where}.{key}' is unknown.{hint} Valid keys: {', '.join(valid)}")
+    return cls(**values)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from mmssl.modalities import Modality, all_modalities
 
-__all__ = ["modalities", "methods", "encoders", "configs", "CONFIG_ROOT"]
+__all__ = ["modalities", "methods", "encoders", "configs", "find_config", "CONFIG_ROOT"]
 
 CONFIG_ROOT = Path(__file__).resolve().parent.parent / "recipes" / "configs"
 """Where the shipped recipe configs live: recipes/configs/<modality>/<name>.yaml."""
@@ -45,3 +45,20 @@ def configs(root: Path = CONFIG_ROOT) -> dict[str, list[str]]:
         return {}
     return {d.name: sorted(p.stem for p in d.glob("*.yaml"))
             for d in sorted(root.iterdir()) if d.is_dir() and any(d.glob("*.yaml"))}
+
+
+def find_config(name: str, modality: str | None = None, root: Path = CONFIG_ROOT) -> Path:
+    """A config by path, or by name under recipes/configs/<modality>/ (".yaml" optional)."""
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return path
+    if modality is None and len(path.parts) == 2:  # "image/mae_vit_base"
+        modality, path = path.parts[0], Path(path.parts[1])
+    stem = path.name.removesuffix(".yaml")
+    folders = [root / modality] if modality else sorted(d for d in root.iterdir() if d.is_dir())
+    for folder in folders:
+        if (folder / f"{stem}.yaml").is_file():
+            return folder / f"{stem}.yaml"
+    known = ", ".join(configs(root).get(modality, [])) if modality else ""
+    where = f"recipes/configs/{modality}/" if modality else "recipes/configs/"
+    raise FileNotFoundError(f"config {name!r} not found as a file or in {where}" + (f"; known: {known}" if known else ""))

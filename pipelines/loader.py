@@ -190,8 +190,10 @@ class StreamLoader:
         if self.num_workers:
             kwargs = dict(multiprocessing_context=multiprocessing.get_context(self._context()),
                           prefetch_factor=self.prefetch_factor)
+        # a private generator: creating the iterator must not draw from the global torch RNG, or a resumed run
+        # (which restores that RNG) would diverge from an uninterrupted one
         loader = DataLoader(data, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
-                            **kwargs)
+                            generator=torch.Generator().manual_seed(self.seed), **kwargs)
         if self.samples_consumed == 0:
             self.stats.reset()
         it = iter(loader)
