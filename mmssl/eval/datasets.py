@@ -23,10 +23,14 @@ from torch import Tensor
 
 from mmssl.eval.matfile import read_mat
 
-__all__ = ["Sequence", "read_davis", "read_vip", "read_jhmdb", "read_sequences", "load_frame", "load_mask",
+__all__ = ["DataError", "Sequence", "read_davis", "read_vip", "read_jhmdb", "read_sequences", "load_frame", "load_mask",
            "read_keypoints"]
 
 _FRAME_EXT = (".jpg", ".jpeg", ".png")
+
+
+class DataError(ValueError):
+    """A problem with a dataset file; the message starts with the file at fault."""
 
 
 @dataclass(frozen=True)
@@ -52,7 +56,7 @@ def load_frame(path: Path) -> Tensor:
         with Image.open(path) as img:
             arr = np.asarray(img.convert("RGB"))
     except (OSError, ValueError) as err:
-        raise ValueError(f"{path}: cannot read frame: {err}") from None
+        raise DataError(f"{path}: cannot read frame: {err}") from None
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255)  # (H, W, 3) -> (3, H, W)
 
 
@@ -61,12 +65,12 @@ def load_mask(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
     try:
         with Image.open(path) as img:
             if img.mode not in ("P", "L"):
-                raise ValueError(f"{path}: annotation must be an indexed (palette) or grey PNG, got mode {img.mode}")
+                raise DataError(f"{path}: annotation must be an indexed (palette) or grey PNG, got mode {img.mode}")
             mask = np.asarray(img).copy()
     except OSError as err:
-        raise ValueError(f"{path}: cannot read annotation: {err}") from None
+        raise DataError(f"{path}: cannot read annotation: {err}") from None
     if size is not None and mask.shape != tuple(size):
-        raise ValueError(f"{path}: annotation is {mask.shape[1]}x{mask.shape[0]} but its frame is "
+        raise DataError(f"{path}: annotation is {mask.shape[1]}x{mask.shape[0]} but its frame is "
                          f"{size[1]}x{size[0]}")
     return mask
 
@@ -81,7 +85,7 @@ def _list_frames(folder: Path) -> list[Path]:
         raise FileNotFoundError(f"sequence folder not found: {folder}")
     frames = sorted(p for p in folder.iterdir() if p.suffix.lower() in _FRAME_EXT)
     if not frames:
-        raise ValueError(f"{folder}: empty sequence (no .jpg/.png frames)")
+        raise DataError(f"{folder}: empty sequence (no .jpg/.png frames)")
     numbers = [int(p.stem) for p in frames if p.stem.isdigit()]
     if len(numbers) == len(frames):
         frames.sort(key=lambda p: int(p.stem))
@@ -89,7 +93,7 @@ def _list_frames(folder: Path) -> list[Path]:
         for prev, cur in zip(numbers, numbers[1:]):
             if cur != prev + 1:
                 width = len(frames[0].stem)
-                raise ValueError(f"{folder / (str(prev + 1).zfill(width) + frames[0].suffix)}: missing frame "
+                raise DataError(f"{folder / (str(prev + 1).zfill(width) + frames[0].suffix)}: missing frame "
                                  f"(numbering jumps from {prev} to {cur})")
     return frames
 
@@ -102,9 +106,9 @@ def _segmentation_sequence(name: str, frame_dir: Path, mask_dir: Path) -> Sequen
     stems = {f.stem for f in frames}
     for stem, path in sorted(by_stem.items()):
         if stem not in stems:
-            raise ValueError(f"{path}: annotation without a frame (missing {frame_dir / (stem + frames[0].suffix)})")
+            raise DataError(f"{path}: annotation without a frame (missing {frame_dir / (stem + frames[0].suffix)})")
     if frames[0].stem not in by_stem:
-        raise ValueError(f"{mask_dir / (frames[0].stem + '.png')}: the first frame's annotation is missing")
+        raise DataError(f"{mask_dir / (frames[0].stem + '.png')}: the first frame's annotation is missing")
     size = _frame_size(frames[0])
     load_mask(by_stem[frames[0].stem], size)  # checks the first annotation now, the others when they are scored
     return Sequence(name=name, frames=tuple(frames), masks=tuple(by_stem.get(f.stem) for f in frames))
@@ -114,13 +118,13 @@ def _split_names(split_file: Path | None, folder: Path) -> list[str]:
     if split_file is not None and split_file.is_file():
         names = [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
         if not names:
-            raise ValueError(f"{split_file}: split file lists no sequences")
+            raise DataError(f"{split_file}: split file lists no sequences")
         return names
     if not folder.is_dir():
         raise FileNotFoundError(f"folder not found: {folder}")
     names = sorted(p.name for p in folder.iterdir() if p.is_dir())
     if not names:
-        raise ValueError(f"{folder}: no sequence folders")
+        raise DataError(f"{folder}: no sequence folders")
     return names
 
 
@@ -154,18 +158,24 @@ def read_keypoints(path: Path) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"keypoint file not found: {path}")
     if path.suffix == ".mat":
-        variables = read_mat(path)
+        try:
+            variables = read_mat(path)
+        except ValueError as err:
+            raise DataError(str(err)) from None
         if "pos_img" not in variables:
-            raise ValueError(f"{path}: no variable 'pos_img' (found {', '.join(variables) or 'none'})")
+            raise DataError(f"{path}: no variable 'pos_img' (found {', '.join(variables) or 'none'})")
         pos = np.asarray(variables["pos_img"], dtype=np.float64)
     elif path.suffix == ".npy":
         pos = np.load(path).astype(np.float64)
     elif path.suffix == ".json":
-        pos = np.asarray(json.loads(path.read_text())["pos_img"], dtype=np.float64)
+        try:
+            pos = np.asarray(json.loads(path.read_text())["pos_img"], dtype=np.float64)
+        except (ValueError, KeyError) as err:
+            raise DataError(f"{path}: cannot read pos_img: {err!r}") from None
     else:
-        raise ValueError(f"{path}: keypoints must be a .mat, .npy or .json file")
+        raise DataError(f"{path}: keypoints must be a .mat, .npy or .json file")
     if pos.ndim != 3 or pos.shape[0] != 2:
-        raise ValueError(f"{path}: pos_img must be 2 x joints x frames, got shape {pos.shape}")
+        raise DataError(f"{path}: pos_img must be 2 x joints x frames, got shape {pos.shape}")
     return pos.transpose(2, 1, 0) - 1.0  # (2, J, T) -> (T, J, 2), MATLAB's 1-based pixels to 0-based
 
 
@@ -180,7 +190,7 @@ def _keypoint_sequence(name: str, frame_dir: Path, label: Path) -> Sequence:
     frames = _list_frames(frame_dir)
     keypoints = read_keypoints(label)
     if keypoints.shape[0] != len(frames):
-        raise ValueError(f"{label}: {keypoints.shape[0]} annotated frames but {frame_dir} holds {len(frames)}")
+        raise DataError(f"{label}: {keypoints.shape[0]} annotated frames but {frame_dir} holds {len(frames)}")
     return Sequence(name=name, frames=tuple(frames), keypoints=keypoints)
 
 
@@ -200,7 +210,7 @@ def read_jhmdb(root: str | Path, split: str | Path | None = None) -> list[Sequen
             elif parts:
                 out.append(_keypoint_sequence(parts[0], frames_root / parts[0], _keypoint_file(labels_root / parts[0])))
         if not out:
-            raise ValueError(f"{split_file}: split file lists no sequences")
+            raise DataError(f"{split_file}: split file lists no sequences")
         return out
     if split is not None:
         raise FileNotFoundError(f"JHMDB split file not found: {split_file}")
@@ -208,7 +218,7 @@ def read_jhmdb(root: str | Path, split: str | Path | None = None) -> list[Sequen
         raise FileNotFoundError(f"JHMDB frames folder not found: {frames_root}")
     videos = sorted(p for p in frames_root.glob("*/*") if p.is_dir())
     if not videos:
-        raise ValueError(f"{frames_root}: no <action>/<video> folders")
+        raise DataError(f"{frames_root}: no <action>/<video> folders")
     return [_keypoint_sequence(f"{v.parent.name}/{v.name}", v, _keypoint_file(labels_root / v.parent.name / v.name))
             for v in videos]
 
@@ -221,5 +231,5 @@ def read_sequences(task: str, root: str | Path, split: str | Path | None = None)
         return read_vip(root, split or "val")
     if task == "jhmdb":
         return read_jhmdb(root, split)
-    raise ValueError(f"unknown task {task!r}; choose davis, jhmdb or vip")
+    raise DataError(f"unknown task {task!r}; choose davis, jhmdb or vip")
 

@@ -8,13 +8,13 @@ A dense adapter turns frames (B, 3, H, W) in [0, 1] into a feature grid (B, D, H
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping, Protocol
+from typing import Mapping, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmssl.config import ConfigError, instantiate
+from mmssl.config import ConfigError, apply_overrides, instantiate
 from mmssl.modalities import Modality, get_modality
 from mmssl.models.encoder import TokenEncoder
 
@@ -31,12 +31,14 @@ class DenseFeatures(Protocol):
     def __call__(self, frames: Tensor) -> Tensor: ...
 
 
-def load_encoder(checkpoint: str | Path | None, encoder_config: Mapping | None = None) -> nn.Module:
+def load_encoder(checkpoint: str | Path | None, encoder_config: Mapping | None = None, *,
+                 overrides: Sequence[str] = ()) -> nn.Module:
     """Builds an encoder in eval mode, with a checkpoint's weights or randomly initialised.
 
     Args:
         checkpoint: path of a checkpoint, or None for a random init from `encoder_config`.
         encoder_config: the encoder's `_component_` mapping; None takes `config.method.encoder` of the checkpoint.
+        overrides: `key=value` changes to the encoder config (keys relative to it, e.g. "depth=4").
     """
     state = None
     if checkpoint is not None:
@@ -59,9 +61,14 @@ def load_encoder(checkpoint: str | Path | None, encoder_config: Mapping | None =
             raise ConfigError(f"{path}: no '{PREFIX}*' parameters in the checkpoint's model")
     if encoder_config is None:
         raise ConfigError("no checkpoint and no encoder config: nothing to build an encoder from")
-    encoder = instantiate(dict(encoder_config), where="method.encoder")
+    encoder_config = apply_overrides(dict(encoder_config), overrides)
+    encoder = instantiate(encoder_config, where="method.encoder")
     if state is not None:
-        missing, unexpected = encoder.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = encoder.load_state_dict(state, strict=False)
+        except RuntimeError as err:  # shape mismatches raise even when not strict
+            first = str(err).split("\n\t")[1] if "\n\t" in str(err) else str(err)
+            raise ConfigError(f"{checkpoint}: encoder weights do not fit config.method.encoder ({first})") from None
         if missing or unexpected:
             raise ConfigError(f"{checkpoint}: encoder weights do not fit config.method.encoder "
                               f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
