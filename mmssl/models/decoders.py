@@ -160,11 +160,19 @@ class CrossAttentionDecoder(nn.Module):
             ctx = self.queries.proj(context) + context_pos
         else:
             ctx = self.queries.context(context, context_visible, context_grid or grid)  # (B, M, dim)
+        return self.decode(h, ctx)
+
+    def decode(self, queries: Tensor, context: Tensor) -> Tensor:
+        """Runs the blocks and the head on ready-made queries (B, N, dim) and context (B, M, dim) -> (B, N, out_dim).
+
+        For callers that build queries and context themselves at the decoder width (MultiMAE's output adapters,
+        whose per-sample token counts differ between modalities).
+        """
         for block in self.cross:
-            h = block(h, ctx)
+            queries = block(queries, context)
         for block in self.blocks:
-            h = block(h)
-        return self.head(h)
+            queries = block(queries)
+        return self.head(queries)
 
 
 class WindowDecoder(nn.Module):
