@@ -1,0 +1,13 @@
+"""Evaluation tests run single-threaded: propagation issues many small tensor ops per tile, and on a shared
+2-core machine two OpenMP threads waiting on each other make them ~10x slower than one thread."""
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
