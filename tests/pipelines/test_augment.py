@@ -1,0 +1,116 @@
+"""Batched augmentation: parameters keyed by (seed, epoch, key, view), same results in any batch or worker."""
+
+from __future__ import annotations
+
+import multiprocessing
+
+import numpy as np
+import pytest
+import torch
+import torchvision.transforms.v2.functional as TF
+
+from pipelines.augment import Augment, Crop, crop_box, crop_images, hsv_to_rgb, resized_crop, rgb_to_hsv
+
+STRONG = Augment(crop=Crop(size=32, scale=(0.2, 1.0)), jitter=0.8, grayscale=0.2, blur=0.5, solarize=0.2,
+                 blur_kernel=7)
+
+
+def images(n: int, seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 256, (3, 40 + 3 * i, 56 - 2 * i), generator=g, dtype=torch.uint8) for i in range(n)]
+
+
+def ids(n: int, epoch: int = 0) -> list[tuple[int, int, str]]:
+    return [(5, epoch, f"key{i}") for i in range(n)]
+
+
+def test_augment_is_identical_across_runs_and_batch_composition():
+    imgs, keys = images(8), ids(8)
+    full = STRONG(imgs, keys)
+    assert full.shape == (8, 3, 32, 32) and 0.0 <= float(full.min()) and float(full.max()) <= 1.0
+    assert torch.equal(full, STRONG(imgs, keys))
+    order = [6, 1, 3]
+    assert torch.equal(full[order], STRONG([imgs[i] for i in order], [keys[i] for i in order]))
+    assert not torch.equal(full, STRONG(imgs, ids(8, epoch=1)))
+    other = Augment(crop=Crop(size=32, scale=(0.2, 1.0), view="view1"), jitter=0.8, blur=0.5, blur_kernel=7)
+    assert not torch.equal(full, other(imgs, keys))
+
+
+class CropDataset(torch.utils.data.Dataset):
+    """The worker stage run per index, so a DataLoader spreads samples over worker processes."""
+
+    def __init__(self, samples):
+        self.samples, self.stage = samples, crop_images(crops=[STRONG.crop])
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        return next(iter(self.stage(iter([self.samples[i]]))))["image.view0"]
+
+
+def test_worker_crops_match_device_crops_in_any_worker():
+    imgs, keys = images(6), ids(6)
+    samples = [{"__key__": k, "__seed__": s, "__epoch__": e, "image": img} for (s, e, k), img in zip(keys, imgs)]
+    data = CropDataset(samples)
+    local = [data[i] for i in range(len(data))]
+    loader = torch.utils.data.DataLoader(data, batch_size=None, num_workers=2,
+                                         multiprocessing_context=multiprocessing.get_context("fork"))
+    spread = list(loader)
+    assert all(torch.equal(a, b) for a, b in zip(local, spread))
+    sizes = [tuple(img.shape[-2:]) for img in imgs]
+    from_workers = STRONG(torch.stack(local), keys, sizes=sizes)
+    on_device = STRONG(imgs, keys)
+    assert (from_workers - on_device).abs().max() < 3 / 255  # only the worker's uint8 rounding differs
+
+
+def test_video_frames_share_one_crop_and_flip():
+    frame = images(1)[0]
+    clip = frame.expand(4, 3, *frame.shape[-2:]).unsqueeze(0).repeat(3, 1, 1, 1, 1)  # (3, T=4, 3, H, W)
+    out = STRONG(clip, ids(3))
+    assert out.shape == (3, 4, 3, 32, 32)
+    assert all(torch.equal(out[:, 0], out[:, t]) for t in range(1, 4))
+    single = STRONG([frame] * 3, ids(3))  # the same ids draw the same parameters for an image
+    torch.testing.assert_close(out[:, 0], single, atol=1e-6, rtol=0)
+
+
+def test_crop_box_and_flip_geometry():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        top, left, h, w = crop_box(rng, 50, 80, (0.08, 1.0), (3 / 4, 4 / 3))
+        assert 0 <= top and top + h <= 50 and 0 <= left and left + w <= 80 and h > 0 and w > 0
+    assert crop_box(rng, 10, 100, (0.9, 1.0), (3 / 4, 4 / 3)) == (0, 43, 10, 13)  # fallback: centred, ratio-clamped
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
+    whole = Augment(crop=Crop(size=8, scale=(1.0, 1.0), ratio=(1.0, 1.0)), flip=1.0)
+    torch.testing.assert_close(whole(list(x), ids(2)), x.flip(-1))
+    assert torch.equal(resized_crop(x, (1, 2, 4, 4), (4, 4)), x[:, :, 1:5, 2:6])
+
+
+@pytest.mark.parametrize("op", ["brightness", "contrast", "saturation", "hue"])
+def test_colour_ops_match_torchvision(op):
+    x = torch.rand(3, 3, 12, 12)
+    aug = Augment(crop=Crop(size=12))
+    factors = torch.tensor([0.3, -0.2, 0.1])
+    index = {"brightness": 0, "contrast": 1, "saturation": 2, "hue": 3}[op]
+    table = torch.zeros(3, 4)
+    table[:, index] = factors
+    out = aug._jitter(x, torch.ones(3, dtype=torch.bool), table, torch.arange(4).repeat(3, 1))
+    reference = {"brightness": lambda img, f: TF.adjust_brightness(img, 1 + f),
+                 "contrast": lambda img, f: TF.adjust_contrast(img, 1 + f),
+                 "saturation": lambda img, f: TF.adjust_saturation(img, 1 + f),
+                 "hue": lambda img, f: TF.adjust_hue(img, f)}[op]
+    expected = torch.stack([reference(x[i], float(factors[i])) for i in range(3)])
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(hsv_to_rgb(rgb_to_hsv(x)), x, atol=1e-6, rtol=0)
+
+
+def test_blur_grayscale_and_solarize():
+    x = torch.rand(4, 3, 16, 16)
+    params = [{"flip": False, "jitter": False, "gray": i == 0, "blur": i == 1, "solarize": i == 2, "sigma": 1.5,
+               "factors": np.zeros(4), "order": np.arange(4)} for i in range(4)]
+    out = Augment(crop=Crop(size=16), blur_kernel=9).pixels(x, params)
+    gray = 0.2989 * x[0, 0] + 0.587 * x[0, 1] + 0.114 * x[0, 2]
+    torch.testing.assert_close(out[0], gray.expand(3, 16, 16))
+    torch.testing.assert_close(out[1], TF.gaussian_blur(x[1], [9, 9], [1.5, 1.5]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out[2], torch.where(x[2] >= 0.5, 1 - x[2], x[2]))
+    assert torch.equal(out[3], x[3])
