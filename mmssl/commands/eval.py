@@ -16,7 +16,7 @@ import torch
 
 from mmssl.config import ConfigError
 
-__all__ = ["register", "run_propagation"]
+__all__ = ["register", "add_propagation_parser", "run_propagation"]
 
 DEFAULT_ENCODER = "vit_small_patch16_224"
 
@@ -66,12 +66,10 @@ def run_propagation(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Adds `mmssl eval propagation`."""
-    p = subparsers.add_parser("eval", help="evaluate a frozen encoder")
-    sub = p.add_subparsers(dest="eval_command", metavar="EVAL")
-    prop = sub.add_parser("propagation", help="label propagation on DAVIS-2017 (J&F), JHMDB (PCK) or VIP (mIoU)",
-                          description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_propagation_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Adds the `propagation` subcommand to `subparsers` (used by `mmssl eval`; other groups may reuse it)."""
+    prop = subparsers.add_parser("propagation", help="label propagation on DAVIS-2017 (J&F), JHMDB (PCK) or VIP "
+                                 "(mIoU)", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     prop.add_argument("--checkpoint", type=Path, help="checkpoint with config.method.encoder and encoder.* weights "
                       "(leave out for a random init)")
     prop.add_argument("--data", type=Path, required=True, help="dataset root (see mmssl.eval.datasets)")
@@ -86,3 +84,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     prop.add_argument("overrides", nargs="*", metavar="key=value",
                       help="propagation settings, or encoder.<arg>=value for the encoder config")
     prop.set_defaults(func=run_propagation)
+    return prop
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Adds `mmssl eval propagation` (the shard-based `knn` and `linear` probes are to join it here)."""
+    p = subparsers.add_parser("eval", help="evaluate a frozen encoder")
+    add_propagation_parser(p.add_subparsers(dest="eval_command", metavar="EVAL"))
