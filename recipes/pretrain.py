@@ -60,7 +60,7 @@ def _resume_path(resume: str | bool | None, out_dir: Path, name: str) -> Path | 
 
 
 def pretrain(cfg: dict[str, Any], *, resume: str | bool | None = None, run_dir: str | Path | None = None) -> dict:
-    """Trains the configured method; returns a summary (run folder, steps, first/last loss, checkpoint)."""
+    """Trains the configured method; returns a summary (run folder, steps, first/last loss, checkpoint, the method)."""
     # -- config: every key checked before anything is built ----------------------------------------------------
     unknown = [k for k in cfg if k not in SECTIONS and not k.startswith("_")]
     if unknown:
@@ -212,7 +212,7 @@ def pretrain(cfg: dict[str, Any], *, resume: str | bool | None = None, run_dir: 
     if rank == 0 and losses:
         plot_curve([r["step"] for r in log.history], losses, run_dir / "loss.png", title=f"{name}: loss")
     log.close()
-    return {"run_dir": str(run_dir), "steps": step, "checkpoint": str(path) if path else None,
+    return {"run_dir": str(run_dir), "steps": step, "checkpoint": str(path) if path else None, "method": method,
             "first_loss": losses[0] if losses else math.nan, "last_loss": losses[-1] if losses else math.nan,
             "data": loader.stats.summary()}
 

@@ -1,0 +1,30 @@
+import json
+from pathlib import Path
+
+from recipes.pretrain import pretrain
+
+
+def test_smoke_run_writes_checkpoint_log_and_curve(image_shards: Path, tmp_path: Path, mae_config) -> None:
+    summary = pretrain(mae_config(image_shards, tmp_path))
+    run = Path(summary["run_dir"])
+    assert summary["steps"] == 6 and (run / "checkpoints" / "last.pt").is_file()
+    assert (run / "loss.png").is_file() and (run / "config.yaml").is_file()
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == list(range(1, 7)) and all(r["loss"] > 0 for r in lines)
+    assert lines[0]["lr"] < lines[1]["lr"] or lines[1]["lr"] > 0  # warmup moves the learning rate
+
+
+def test_exact_resume(image_shards: Path, tmp_path: Path, mae_config) -> None:
+    tiny_mae = mae_config
+    whole = pretrain(tiny_mae(image_shards, tmp_path / "a", steps=8, ckpt_every=0))
+    cut = pretrain(tiny_mae(image_shards, tmp_path / "b", steps=8, stop_after=4))
+    assert cut["steps"] == 4
+    resumed = pretrain(tiny_mae(image_shards, tmp_path / "b", steps=8), resume="auto")
+    assert resumed["run_dir"] == cut["run_dir"] and resumed["steps"] == 8
+
+    def losses(run: str) -> list[float]:
+        return [json.loads(line)["loss"] for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
+
+    a, b = losses(whole["run_dir"]), losses(resumed["run_dir"])
+    assert len(a) == len(b) == 8
+    assert max(abs(x - y) for x, y in zip(a, b)) < 1e-6, (a, b)
