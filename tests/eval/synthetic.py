@@ -16,7 +16,7 @@ COLOURS = np.array([[220, 40, 40], [40, 200, 60], [40, 80, 230], [230, 200, 40]]
 
 
 def scene(t: int, *, height: int = 96, width: int = 128, objects: int = 2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Frame (H, W, 3) uint8 and label ids (H, W) at time t: objects are discs drifting over a noisy backdrop."""
+    """Frame (H, W, 3) uint8 and label ids (H, W) at time t: striped discs drifting over a textured backdrop."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:height, 0:width]
     phase = rng.uniform(0, 2 * np.pi)
@@ -28,7 +28,9 @@ def scene(t: int, *, height: int = 96, width: int = 128, objects: int = 2, seed:
         r = min(height, width) * 0.18
         inside = (xx - cx) ** 2 + (yy - cy) ** 2 <= r * r
         labels[inside] = k + 1
-        frame[inside] = COLOURS[k % len(COLOURS)]
+        # stripes that travel with the object, so there is something inside it to track
+        shade = 0.7 + 0.3 * np.sin((xx - cx) / 2.5 + (yy - cy) / 4.0)
+        frame[inside] = COLOURS[k % len(COLOURS)] * shade[inside][:, None]
     return frame.clip(0, 255).astype(np.uint8), labels
 
 

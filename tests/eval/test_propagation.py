@@ -113,3 +113,21 @@ def test_settings_overrides_name_the_bad_key() -> None:
         apply_settings(s, ["topkk=3"])
     with pytest.raises(ValueError, match="window"):
         dataclasses.replace(s, window="circle")
+
+
+def test_keypoints_follow_exact_features() -> None:
+    """Heat maps carried by features that move with the object land on the moved joints (PCK@0.1 high)."""
+    from mmssl.eval.labels import grid_to_keypoints, keypoints_to_grid
+    from mmssl.eval.metrics import pck
+
+    h, w, stride, frames = 24, 32, 8, 8
+    g = torch.Generator().manual_seed(0)
+    texture = F.normalize(torch.randn(16, h, w + frames, generator=g), dim=0)  # a pattern that slides right
+    feats = [texture[:, :, frames - t:frames - t + w] for t in range(frames)]  # cell x at time t shows x - t
+    joints = np.array([[60.0, 50.0], [100.0, 90.0], [140.0, 60.0], [80.0, 130.0]])  # (x, y) pixels at t = 0
+    truth = [joints + [stride * t, 0] for t in range(frames)]  # one cell (8 px) to the right per frame
+    first = keypoints_to_grid(joints, (h * stride, w * stride), (h, w), sigma=0.5)
+    preds = [grid_to_keypoints(soft, (h * stride, w * stride), topk=3)
+             for soft in propagate(iter(feats), first, preset("crw", "jhmdb"))]
+    score = pck(np.stack(preds), np.stack(truth[1:]), (0.1,))
+    assert score["PCK@0.1"] > 90, score
