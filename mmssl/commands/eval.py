@@ -91,3 +91,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Adds `mmssl eval propagation` (the shard-based `knn` and `linear` probes are to join it here)."""
     p = subparsers.add_parser("eval", help="evaluate a frozen encoder")
     add_propagation_parser(p.add_subparsers(dest="eval_command", metavar="EVAL"))
+    p.set_defaults(func=lambda args: p.print_help() or 0)  # `mmssl eval` alone: list what it offers

@@ -17,8 +17,12 @@ __all__ = ["encoder_size", "resize_frame", "mask_to_grid", "keypoints_to_grid", 
 
 
 def encoder_size(height: int, width: int, settings: PropagationSettings, stride: int) -> tuple[int, int]:
-    """The (H', W') a frame is resized to before encoding: `settings.size`, floored to a multiple of the stride."""
-    size, mult = settings.size, settings.multiple or stride
+    """The (H', W') a frame is resized to before encoding.
+
+    `settings.size` sets the scale; both sides are then floored to a multiple of the feature stride, and the
+    long side also to `settings.multiple` when given (DINO: short side 480, long side a multiple of 64).
+    """
+    size = settings.size
     if size is None:
         h, w = height, width
     elif isinstance(size, int):
@@ -26,9 +30,14 @@ def encoder_size(height: int, width: int, settings: PropagationSettings, stride:
         h, w = (size, width * scale) if height <= width else (height * scale, size)
     else:
         h, w = size
-    h, w = int(h) // mult * mult, int(w) // mult * mult
-    if h < mult or w < mult:
-        raise ValueError(f"frame {height}x{width} resized by size={size!r} is smaller than one {mult}-pixel cell")
+    h, w = int(h) // stride * stride, int(w) // stride * stride
+    if settings.multiple:
+        if h >= w:
+            h = h // settings.multiple * settings.multiple
+        else:
+            w = w // settings.multiple * settings.multiple
+    if h < stride or w < stride:
+        raise ValueError(f"frame {height}x{width} resized by size={size!r} is smaller than one feature cell")
     return h, w
 
 

@@ -34,8 +34,8 @@ class PropagationSettings:
         norm_mask: min-max normalise each upsampled label channel before the argmax (DINO's `norm_mask`).
         label_downsample: how the first frame's labels reach the feature grid, "area" (fractions) or "nearest".
         size: encoder input size: None keeps the frame size, an int sets the short side (the long side keeps
-            the aspect ratio), [h, w] sets both. Sides are then floored to a multiple of `multiple`.
-        multiple: side multiple; None uses the feature stride.
+            the aspect ratio), [h, w] sets both. Sides are then floored to a multiple of the feature stride.
+        multiple: the long side is also floored to a multiple of this (DINO: 64); None for no extra rounding.
         sigma: Gaussian width (feature cells) of keypoint heat maps (CRW: 0.5).
         keypoint_topk: positions whose weighted mean decodes a keypoint from its heat map (CRW: 3).
         tile: query tile side (feature cells) of the chunked affinity; bounds memory, not the result.

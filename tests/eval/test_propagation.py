@@ -131,3 +131,13 @@ def test_keypoints_follow_exact_features() -> None:
              for soft in propagate(iter(feats), first, preset("crw", "jhmdb"))]
     score = pck(np.stack(preds), np.stack(truth[1:]), (0.1,))
     assert score["PCK@0.1"] > 90, score
+
+
+def test_encoder_sizes_of_the_presets() -> None:
+    from mmssl.eval.labels import encoder_size
+
+    assert encoder_size(480, 854, preset("dino", "davis"), 16) == (480, 832)  # long side to a multiple of 64
+    assert encoder_size(480, 854, preset("crw", "davis"), 8) == (480, 848)  # full 480p, whole cells
+    assert encoder_size(480, 854, preset("siammae", "davis"), 16) == (480, 880)
+    assert encoder_size(240, 320, preset("crw", "jhmdb"), 8) == (320, 424)  # short side 320
+    assert encoder_size(320, 240, preset("crw", "jhmdb"), 8) == (424, 320)
