@@ -57,8 +57,8 @@ def all_pairs(feats: list[torch.Tensor], first: torch.Tensor, s: PropagationSett
     h, w = GRID
     f = [F.normalize(x, dim=0).reshape(DIM, -1).T for x in feats]  # (h*w, D)
     yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-    yx = torch.stack([yy.reshape(-1), xx.reshape(-1)], 1).float()
-    labels = {0: first.reshape(first.shape[0], -1).T}
+    yx = torch.stack([yy.reshape(-1), xx.reshape(-1)], 1).float()  # (h*w, 2)
+    labels = {0: first.reshape(first.shape[0], -1).T}  # (C, h, w) -> (h*w, C)
     out = []
     for t in range(1, n + 1):
         ctx = [0] + [max(j, 0) for j in range(t - s.context, t)]
@@ -68,11 +68,11 @@ def all_pairs(feats: list[torch.Tensor], first: torch.Tensor, s: PropagationSett
         for q0 in range(0, h * w, 512):
             aff = f[t][q0:q0 + 512] @ keys.T  # (512, T*h*w)
             far = torch.cdist(yx[q0:q0 + 512], yx) >= s.radius  # (512, h*w)
-            aff[:, h * w:].view(aff.shape[0], len(ctx) - 1, -1).masked_fill_(far[:, None], float("-inf"))
+            aff[:, h * w:].view(aff.shape[0], len(ctx) - 1, -1).masked_fill_(far[:, None], float("-inf"))  # (q, T, h*w)
             top, idx = aff.topk(s.topk, dim=1)
             pred.append((torch.softmax(top / s.temperature, 1)[..., None] * labs[idx]).sum(1))
         labels[t] = torch.cat(pred)
-        out.append(labels[t].T.reshape(-1, h, w))
+        out.append(labels[t].T.reshape(-1, h, w))  # (h*w, C) -> (C, h, w)
     return out
 
 

@@ -55,7 +55,8 @@ def load_encoder(checkpoint: str | Path | None, encoder_config: Mapping | None =
             try:
                 encoder_config = ckpt["config"]["method"]["encoder"]
             except (KeyError, TypeError):
-                raise ConfigError(f"{path}: no config.method.encoder in the checkpoint; pass the encoder config") from None
+                raise ConfigError(f"{path}: no config.method.encoder in the checkpoint; "
+                                  "pass the encoder config") from None
         state = {k[len(PREFIX):]: v for k, v in ckpt["model"].items() if k.startswith(PREFIX)}
         if not state:
             raise ConfigError(f"{path}: no '{PREFIX}*' parameters in the checkpoint's model")

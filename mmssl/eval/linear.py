@@ -74,7 +74,7 @@ def extract_features(encoder: nn.Module | Callable[[Tensor], Tensor], batches: I
         else:
             x, y = batch
         feats.append(_pooled(encoder, x.to(device)).float().cpu())
-        labels.append(torch.as_tensor(y).reshape(-1).long().cpu())
+        labels.append(torch.as_tensor(y).reshape(-1).long().cpu())  # (B,)
     if not feats:
         raise ValueError("extract_features got no batches")
     return torch.cat(feats), torch.cat(labels)

@@ -73,7 +73,7 @@ def _matrix(payload: bytes, order: str, path: Path) -> tuple[str, np.ndarray | s
     name = sub.array().tobytes().decode("ascii", "replace")
     if cls == _CHAR:
         codes = sub.array().astype(np.uint32)
-        chars = codes.reshape(dims, order="F") if codes.size == int(np.prod(dims)) else codes
+        chars = codes.reshape(dims, order="F") if codes.size == int(np.prod(dims)) else codes  # (rows, cols)
         if chars.ndim == 2:  # one string per row
             return name, "\n".join("".join(map(chr, row)) for row in chars)
         return name, "".join(map(chr, chars.ravel()))

@@ -158,8 +158,8 @@ def confusion_matrix(gt: np.ndarray, pred: np.ndarray, num_classes: int, *, igno
     keep = (gt != ignore) & (gt >= 0) & (gt < num_classes)
     if np.any((pred[keep] < 0) | (pred[keep] >= num_classes)):
         raise ValueError(f"prediction has class ids outside [0, {num_classes})")
-    return np.bincount(gt[keep] * num_classes + pred[keep], minlength=num_classes ** 2).reshape(num_classes,
-                                                                                               num_classes)
+    counts = np.bincount(gt[keep] * num_classes + pred[keep], minlength=num_classes ** 2)  # (C*C,)
+    return counts.reshape(num_classes, num_classes)  # (C, C): row = ground truth, column = prediction
 
 
 def mean_iou(conf: np.ndarray) -> tuple[float, np.ndarray]:

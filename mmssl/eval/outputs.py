@@ -49,7 +49,7 @@ def write_indexed_png(path: Path, mask: np.ndarray) -> None:
 
 
 def _colours() -> np.ndarray:
-    return np.asarray(palette(), dtype=np.float32).reshape(256, 3)
+    return np.asarray(palette(), dtype=np.float32).reshape(256, 3)  # (768,) -> (256, 3)
 
 
 def overlay_strip(frames: Sequence[np.ndarray], masks: Sequence[np.ndarray | None], *, height: int = 160,

@@ -85,11 +85,11 @@ def propagate_step(query: Tensor, local_feats: Tensor, local_labels: Tensor, set
                                  _cells(kx0, kx1, ky0, ky1, q.device).flip(1),  # key cells in (x, y) order
                                  settings.radius, settings.window)  # (nq, nkx*nky), the same for every frame
             near = near.view(nq, nkx, nky).transpose(0, 1)[..., None]  # (nkx, nq, nky, 1)
-            aff.view(nkx, nq, nky, frames).masked_fill_(~near, float("-inf"))
+            aff.view(nkx, nq, nky, frames).masked_fill_(~near, float("-inf"))  # in place, (nkx, nq, nky, T)
             # top-k of the union is the top-k of the per-column top-ks: no (nq, all keys) copy is needed
             top, idx = _top(aff, settings.topk)  # (nkx, nq, k')
             kk = top.shape[-1]
-            col = torch.arange(nkx, device=q.device).view(nkx, 1, 1)
+            col = torch.arange(nkx, device=q.device).view(nkx, 1, 1)  # (nkx, 1, 1)
             # flat index into (w, h, T): column kx0 + col, row ky0 + idx // T, frame idx % T
             flat = ((kx0 + col) * h + ky0 + idx // frames) * frames + idx % frames  # (nkx, nq, k')
             top = top.permute(1, 0, 2).reshape(nq, nkx * kk)  # (nq, nkx*k')
@@ -152,8 +152,9 @@ class LabelRing:
         used = self.base + self.count
         if used == 0:
             # only the first frame, which the radius does not limit, is in the context
-            return propagate_step(query, self.first_feats.transpose(0, 1)[:, :, None],
-                                  self.first_labels.transpose(0, 1)[:, :, None], replace(s, radius=None))
+            first_f = self.first_feats.transpose(0, 1)[:, :, None]  # (h, w, D) -> (w, h, 1, D)
+            first_l = self.first_labels.transpose(0, 1)[:, :, None]  # (h, w, C) -> (w, h, 1, C)
+            return propagate_step(query, first_f, first_l, replace(s, radius=None))
         local_f, local_l = self.feats[:, :, :used], self.labels[:, :, :used]  # (w, h, used, D), (w, h, used, C)
         if s.restrict_first:
             return propagate_step(query, local_f, local_l, s)
@@ -176,7 +177,8 @@ def propagate(features: Iterable[Tensor], first_labels: Tensor, settings: Propag
     first = F.normalize(next(it).float(), dim=0).permute(1, 2, 0).contiguous()  # (h, w, D)
     labels0 = first_labels.float().permute(1, 2, 0).contiguous()  # (h, w, C)
     if labels0.shape[:2] != first.shape[:2]:
-        raise ValueError(f"labels grid {tuple(labels0.shape[:2])} differs from the feature grid {tuple(first.shape[:2])}")
+        raise ValueError(f"labels grid {tuple(labels0.shape[:2])} differs from the feature grid "
+                         f"{tuple(first.shape[:2])}")
     ring = LabelRing(first, labels0, settings)
     for feats in it:
         query = F.normalize(feats.float(), dim=0).permute(1, 2, 0).contiguous()  # (h, w, D)

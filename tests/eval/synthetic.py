@@ -15,7 +15,8 @@ __all__ = ["scene", "write_davis", "write_vip", "write_jhmdb", "write_mat"]
 COLOURS = np.array([[220, 40, 40], [40, 200, 60], [40, 80, 230], [230, 200, 40]], dtype=np.float64)
 
 
-def scene(t: int, *, height: int = 96, width: int = 128, objects: int = 2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def scene(t: int, *, height: int = 96, width: int = 128, objects: int = 2,
+          seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Frame (H, W, 3) uint8 and label ids (H, W) at time t: striped discs drifting over a textured backdrop."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:height, 0:width]
