@@ -177,7 +177,7 @@ class DeviceStage:
         if precut is not None:
             sizes = batch["image_size"].tolist()
             params = aug.params(ids, sizes)
-            return aug.pixels(precut.to(device, non_blocking=True).float() / 255.0, params), params
+            return aug._apply(precut.to(device, non_blocking=True).float() / 255.0, params), params
         if "image" in batch:
             images = batch["image"]
             images = [img.to(device, non_blocking=True) for img in images]
@@ -187,7 +187,7 @@ class DeviceStage:
             raise KeyError(f"image batch has no `image.{aug.view}`, `image` or `image_bytes`: {sorted(batch)}")
         params = aug.params(ids, [tuple(img.shape[-2:]) for img in images])
         crops = torch.stack([resized_crop(img, p["box"], _size(aug)) for img, p in zip(images, params)]) / 255.0
-        return aug.pixels(crops, params), params
+        return aug._apply(crops, params), params
 
     def _tokens(self, spec, x: Tensor, ids: Ids | None) -> Tokens:
         tokens = spec.tokenize(x)
