@@ -87,23 +87,28 @@ def compare(preset_name: str) -> None:
     from mmssl.eval.encoders import PixelFeatures, dense_features, load_encoder
     from mmssl.eval.evaluate import evaluate_propagation
 
+    from recipes.synthetic import write_dataset
+
     vit = {"_component_": "mmssl.models.TokenEncoder", "name": "vit_small_patch16_224", "modality": "image"}
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         davis = read_davis(write_davis(root / "davis", ("a", "b"), frames=20, height=240, width=320))
+        shapes = read_davis(write_dataset(root / "shapes", train=0, val=4, progress=False)[1])
         jhmdb = read_jhmdb(write_jhmdb(root / "jhmdb", frames=20))
-        print(f"synthetic DAVIS: 2 sequences x 20 frames, 320x240, 2 objects; synthetic JHMDB: 1 x 20 frames, "
-              f"128x96, 15 joints; preset {preset_name} (its DAVIS / JHMDB input sizes)")
+        print(f"A: striped discs, 2 sequences x 20 frames, 320x240 (tests/eval/synthetic.py); B: recipes.synthetic "
+              f"held-out shapes with occlusion, 4 x {len(shapes[0].frames)} frames, 96x96; JHMDB layout: 1 x 20 "
+              f"frames, 128x96, 15 joints; preset {preset_name} (its DAVIS / JHMDB input sizes)")
         for name, feats in (("random-init ViT-S/16", dense_features(load_encoder(None, vit))),
                             ("raw pixels (stride 8)", PixelFeatures(8))):
-            r_d = evaluate_propagation("davis", davis, feats, apply_settings(preset(preset_name, "davis"), {}),
-                                       root / "out" / name / "davis", verbose=False)
-            r_j = evaluate_propagation("jhmdb", jhmdb, feats, preset(preset_name, "jhmdb"),
-                                       root / "out" / name / "jhmdb", verbose=False)
-            print(f"  {name:<22} J&F {100 * r_d.summary['J&F']:5.1f}  J {100 * r_d.summary['J_mean']:5.1f}  "
-                  f"F {100 * r_d.summary['F_mean']:5.1f}  PCK@0.1 {r_j.summary['PCK@0.1']:5.1f}  "
-                  f"PCK@0.2 {r_j.summary['PCK@0.2']:5.1f}")
+            out = root / "out" / name.split()[0]
+            r_a = evaluate_propagation("davis", davis, feats, preset(preset_name, "davis"), out / "a", verbose=False)
+            r_b = evaluate_propagation("davis", shapes, feats, preset(preset_name, "davis"), out / "b", verbose=False)
+            r_j = evaluate_propagation("jhmdb", jhmdb, feats, preset(preset_name, "jhmdb"), out / "j", verbose=False)
+            print(f"  {name:<22} A: J&F {100 * r_a.summary['J&F']:5.1f} (J {100 * r_a.summary['J_mean']:5.1f}, "
+                  f"F {100 * r_a.summary['F_mean']:5.1f})  B: J&F {100 * r_b.summary['J&F']:5.1f} "
+                  f"(J {100 * r_b.summary['J_mean']:5.1f}, F {100 * r_b.summary['F_mean']:5.1f})  "
+                  f"PCK@0.1 {r_j.summary['PCK@0.1']:5.1f}  PCK@0.2 {r_j.summary['PCK@0.2']:5.1f}")
 
 
 def main() -> None:
