@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["NUM_SHAPES", "shape_masks", "shapes", "textures", "moving_shapes", "tone_spectrograms", "scenes"]
+__all__ = ["NUM_SHAPES", "shape_masks", "shapes", "textures", "moving_shapes", "moving_textures", "tone_spectrograms", "scenes"]
 
 NUM_SHAPES = 4  # square, disk, ring, cross
 
@@ -96,6 +96,25 @@ def moving_shapes(n: int, *, frames: int = 8, size: int = 32, speed: float = 2.0
     video = torch.stack(clip, dim=2)  # (n, 3, T, S, S)
     video = video + 0.02 * torch.randn(video.shape, generator=generator)
     return video.clamp(0, 1), labels
+
+
+def moving_textures(n: int, *, frames: int = 4, size: int = 32, speed: int = 2,
+                    generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Clips (n, 3, T, size, size) of a texture (see `textures`) sliding past the camera; labels = pattern.
+
+    Each clip moves by `speed` pixels per frame in one of 8 random directions, so frames differ by motion only.
+    """
+    margin = speed * (frames - 1)
+    big, labels = textures(n, size=size + 2 * margin, generator=generator)  # (n, 3, S+2m, S+2m)
+    step = torch.randint(-1, 2, (n, 2), generator=generator)  # direction per axis in {-1, 0, 1}
+    still = (step == 0).all(1)
+    step[still, 1] = 1  # every clip moves
+    clip = []
+    for t in range(frames):
+        top = margin + step[:, 0] * speed * t
+        left = margin + step[:, 1] * speed * t
+        clip.append(torch.stack([big[i, :, top[i]:top[i] + size, left[i]:left[i] + size] for i in range(n)]))
+    return torch.stack(clip, dim=2), labels  # (n, 3, T, S, S)
 
 
 def tone_spectrograms(n: int, *, time: int = 64, freq: int = 32,
