@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mmssl.config import instantiate
+from mmssl.eval.encoders import load_encoder
 from mmssl.models import TokenEncoder
 from mmssl.train.checkpoint import load_checkpoint
 
@@ -27,17 +27,12 @@ __all__ = ["encoder_from_checkpoint", "timm_state_dict", "export_encoder"]
 
 
 def encoder_from_checkpoint(path: str | Path) -> tuple[TokenEncoder, dict[str, Any]]:
-    """Rebuilds the encoder of a pretraining checkpoint (or run folder) with its trained weights."""
+    """Rebuilds the encoder of a pretraining checkpoint (or run folder) with its trained weights, and its config."""
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoints" / "last.pt"
-    state = load_checkpoint(path)
-    enc_cfg = state["config"]["method"]["encoder"]
-    encoder = instantiate(enc_cfg, where="method.encoder")
-    prefix = "encoder."
-    weights = {k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)}
-    encoder.load_state_dict(weights)
-    return encoder, enc_cfg
+    encoder = load_encoder(path)
+    return encoder, load_checkpoint(path)["config"]["method"]["encoder"]
 
 
 def timm_state_dict(encoder: TokenEncoder, *, num_classes: int = 1000) -> dict[str, Tensor]:

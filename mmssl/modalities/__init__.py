@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import pkgutil
+from typing import Any, Mapping
 
 from mmssl.modalities.spec import Modality
 
@@ -21,10 +23,22 @@ def all_modalities() -> dict[str, Modality]:
     return dict(sorted(found.items()))
 
 
-def get_modality(name: str | Modality) -> Modality:
-    """Looks a modality up by name; an unknown name raises with the known ones listed."""
+def get_modality(name: str | Modality | Mapping[str, Any]) -> Modality:
+    """Looks a modality up by name, or builds a variant from a mapping such as {name: image, patch: [8, 8]}.
+
+    A variant keeps its name (so tokens and encoders still match) and changes any spec field, which lets a tiny
+    CPU config use 8x8 patches on 64x64 images without a new modality file. Unknown names or fields raise with
+    the valid ones listed.
+    """
     if isinstance(name, Modality):
         return name
+    if isinstance(name, Mapping):
+        fields = {f.name for f in dataclasses.fields(Modality)}
+        extra = sorted(set(name) - fields)
+        if extra or "name" not in name:
+            raise KeyError(f"modality variant {dict(name)} needs 'name' and only these fields: {sorted(fields)}")
+        changes = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in name.items() if k != "name"}
+        return dataclasses.replace(get_modality(name["name"]), **changes)
     known = all_modalities()
     if name not in known:
         raise KeyError(f"unknown modality {name!r}; known: {', '.join(known)}")

@@ -106,3 +106,12 @@ def test_tokens_to_keeps_integer_ids() -> None:
     assert moved.patches.dtype == torch.long
     img = get_modality("image").tokenize(torch.randn(1, 3, 16, 16)).to(dtype=torch.bfloat16)
     assert img.patches.dtype == torch.bfloat16
+
+
+def test_modality_variant_from_a_mapping() -> None:
+    small = get_modality({"name": "image", "patch": [8, 8], "size": [64, 64]})
+    assert small.name == "image" and small.patch == (8, 8) and small.grid == (8, 8) and small.patch_dim == 192
+    with pytest.raises(KeyError, match="only these fields"):
+        get_modality({"name": "image", "patchsize": 8})
+    with pytest.raises(ValueError, match="not divisible"):
+        get_modality({"name": "image", "patch": [9, 9]})
