@@ -24,3 +24,9 @@ def test_console_script_help() -> None:
     cmd = [exe, "--help"] if exe else [sys.executable, "-m", "mmssl", "--help"]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     assert "ls" in out and "usage: mmssl" in out
+
+
+def test_video_eval_propagation_alias(tmp_path, capsys) -> None:
+    assert main(["video", "eval", "propagation", "--data", str(tmp_path / "none"), "--task", "davis",
+                 "--pixels"]) == 2
+    assert "none" in capsys.readouterr().err

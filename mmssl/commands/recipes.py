@@ -51,6 +51,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         pre.add_argument("--nproc", type=int, default=1, help="processes on this machine (torchrun shortcut)")
         pre.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.blr=1e-4")
         pre.set_defaults(func=_pretrain, modality=modality)
+        if modality == "video":  # video encoders are judged by label propagation: `mmssl video eval propagation`
+            from mmssl.commands.eval import add_propagation_parser
+
+            ev = sub.add_parser("eval", help="evaluate a video encoder (label propagation)")
+            add_propagation_parser(ev.add_subparsers(dest="eval_command", metavar="EVAL", required=True))
     cp = subparsers.add_parser("cp", help="copy a shipped config to edit it")
     cp.add_argument("config", help="config name (e.g. mae_vit_base or image/mae_vit_base) or path")
     cp.add_argument("dest")
