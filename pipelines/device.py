@@ -12,12 +12,12 @@ The output keys are those `mmssl.methods` documents: `image`/`video`/`audio`/`de
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor
 
-from mmssl.modalities import get_modality
+from mmssl.modalities import Modality, get_modality
 from mmssl.tokens import Tokens
 from pipelines.augment import Augment, resized_crop
 from pipelines.fbank import Fbank
@@ -61,16 +61,20 @@ class DeviceStage:
         fbank: the spectrogram module for "audio" (Audio-MAE's settings by default).
         nvdec: decoder for batches whose workers planned with backend="nvdec".
         pin_dtype: optional dtype for the patches (e.g. torch.bfloat16); masks and ids stay as they are.
+        modalities: modality variants to tokenise with instead of the default specs, e.g.
+            [{name: image, patch: [8, 8], size: [64, 64]}] for a tiny encoder (they must match the encoder's).
     """
 
     def __init__(self, *, mode: str = "image", views: Sequence[Augment] | None = None,
                  mask: Callable[..., Tensor] | None = None, fbank: Fbank | None = None,
-                 nvdec: NvdecDecoder | None = None, pin_dtype: torch.dtype | None = None) -> None:
+                 nvdec: NvdecDecoder | None = None, pin_dtype: torch.dtype | None = None,
+                 modalities: Sequence[str | Mapping[str, Any] | Modality] = ()) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.mode, self.views, self.mask = mode, list(views or []), mask
         self.fbank = fbank if fbank is not None else (Fbank() if mode == "audio" else None)
         self.nvdec, self.pin_dtype = nvdec or NvdecDecoder(), pin_dtype
+        self.specs = {spec.name: spec for spec in (get_modality(m) for m in modalities)}
         if mode in ("image", "multimodal") and not self.views:
             raise ValueError(f"mode {mode!r} needs at least one view (an Augment with the crop size)")
 
@@ -89,9 +93,16 @@ class DeviceStage:
             out = self._multimodal(batch, device)
         return out
 
+    def _spec(self, name: str) -> Modality:
+        """The configured variant of a modality, else its default spec."""
+        return self.specs.get(name) or get_modality(name)
+
     # -- per mode -----------------------------------------------------------------------------------------------
 
     def _video(self, batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+        precut = [v for v in self.views if f"video.{v.view}" in batch]
+        if precut:  # the workers cut the crops (`crop_clips`); only flip and colour are left
+            return self._precut_video(batch, device)
         if "video" in batch:
             clips = batch["video"].to(device, non_blocking=True).permute(0, 1, 2, 5, 3, 4)  # (B,k,T,H,W,3) -> (B,k,T,3,H,W)
         elif "mp4" in batch and "frame_index" in batch:
@@ -102,13 +113,27 @@ class DeviceStage:
         clips = clips.reshape(b * k, *clips.shape[2:])  # (B*k, T, 3, H, W): repeated clips join the batch
         ids = _ids(batch, k)
         views = [aug(clips, ids) for aug in self.views] or [clips.float() / 255.0]  # each (N, T, 3, h, w)
+        return self._clip_tokens(batch, views, ids, b, k, device)
+
+    def _precut_video(self, batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+        b, k = batch[f"video.{self.views[0].view}"].shape[:2]
+        ids = _ids(batch, k)
+        sizes = [tuple(s) for s in batch["video_size"].tolist() for _ in range(k)]
+        views = []
+        for aug in self.views:
+            cut = batch[f"video.{aug.view}"].to(device, non_blocking=True)  # (B, k, T, 3, h, w) uint8
+            views.append(aug(cut.reshape(b * k, *cut.shape[2:]), ids, sizes=sizes))  # (B*k, T, 3, h, w)
+        return self._clip_tokens(batch, views, ids, b, k, device)
+
+    def _clip_tokens(self, batch: dict[str, Any], views: list[Tensor], ids: Ids, b: int, k: int,
+                     device: torch.device) -> dict[str, Any]:
         out = self._common(batch, k, device)
         if self.mode == "frames":
-            spec = get_modality("image")
+            spec = self._spec("image")
             out["frames"] = [self._tokens(spec, spec.normalize(views[0][:, t]), ids if t == views[0].shape[1] - 1
                                           else None) for t in range(views[0].shape[1])]
             return out
-        spec = get_modality("video")
+        spec = self._spec("video")
         # (N, T, 3, h, w) -> (N, 3, T, h, w): the video spec patches (time, height, width) tubelets
         tokens = [self._tokens(spec, spec.normalize(v.permute(0, 2, 1, 3, 4)), ids) for v in views]
         self._place(out, "video", tokens)
@@ -129,14 +154,14 @@ class DeviceStage:
 
     def _spectrogram(self, wave: Tensor, lengths: Tensor | None, ids: Ids | None) -> Tokens:
         fbank = (self.fbank or Fbank()).to(wave.device)
-        spec = get_modality("audio")
+        spec = self._spec("audio")
         feats = fbank(wave, lengths).unsqueeze(1)  # (B, T, F) -> (B, 1, T, F); Fbank already normalised
         return self._tokens(spec, feats, ids)
 
     def _image(self, batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
         ids = _ids(batch)
         out = self._common(batch, 1, device)
-        spec = get_modality("image")
+        spec = self._spec("image")
         tokens = [self._tokens(spec, spec.normalize(self._view(aug, batch, ids, device)[0]), ids)
                   for aug in self.views]
         self._place(out, "image", tokens)
@@ -147,7 +172,7 @@ class DeviceStage:
         aug = self.views[0]
         rgb, params = self._view(aug, batch, ids, device)
         out = self._common(batch, 1, device)
-        image, depth, semseg = (get_modality(n) for n in ("image", "depth", "semseg"))
+        image, depth, semseg = (self._spec(n) for n in ("image", "depth", "semseg"))
         out["image"] = self._tokens(image, image.normalize(rgb), None)
         size = tuple(rgb.shape[-2:])
         for name, spec in (("depth", depth), ("semseg", semseg)):

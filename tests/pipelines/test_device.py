@@ -13,7 +13,7 @@ from media import encode_png16, frame_index_of, make_audio, make_image, make_vid
 from mmssl.modalities import get_modality
 from mmssl.tokens import RandomMask, TubeMask
 from pipelines.audio import decode_audio
-from pipelines.augment import Augment, Crop, crop_images
+from pipelines.augment import Augment, Crop, crop_clips, crop_images
 from pipelines.collate import collate
 from pipelines.device import DeviceStage
 from pipelines.fbank import Fbank
@@ -84,6 +84,17 @@ def test_device_video_folds_clips_and_masks_tubes(videos):
     assert out["key"] == ["s0", "s0", "s1", "s1", "s2", "s2"]
     hidden = tokens.mask.reshape(6, 2, 4)  # (N, T', H'*W'): tube masks repeat over time
     assert torch.equal(hidden[:, 0], hidden[:, 1])
+
+
+def test_device_video_crops_cut_in_workers_match_device_crops(videos):
+    samples = [{**loader_fields(i), "mp4": d} for i, d in enumerate(videos)]
+    view = Augment(crop=Crop(size=32, scale=(0.3, 1.0)))
+    decode = decode_clips(num_frames=4, stride=3, clips=2, backend="pyav")
+    stage = DeviceStage(mode="video", views=[view], mask=TubeMask(0.5))
+    on_device = stage(through([decode], samples), "cpu")["video"]
+    in_workers = stage(through([decode, crop_clips(crop=view.crop)], samples), "cpu")["video"]
+    assert (on_device.patches - in_workers.patches).abs().max() < 0.02  # the worker's uint8 rounding, normalised
+    assert torch.equal(on_device.visible, in_workers.visible)
 
 
 def test_device_frame_pairs_mask_only_the_later_frame(videos):
@@ -168,3 +179,10 @@ def test_device_stage_on_cuda_equals_cpu(jpegs, videos):
     cpu, gpu = stage(batch, "cpu"), stage(batch, "cuda")
     assert (cpu["image"].patches - gpu["image"].patches.cpu()).abs().max() < 0.1  # nvjpeg vs libjpeg IDCT
     assert torch.equal(cpu["image"].visible, gpu["image"].visible.cpu())
+
+
+def test_device_stage_tokenises_with_a_modality_variant(jpegs):
+    samples = [{**loader_fields(i), "jpg": d} for i, d in enumerate(jpegs)]
+    device = DeviceStage(mode="image", views=[VIEW], modalities=[{"name": "image", "patch": [8, 8], "size": [32, 32]}])
+    tokens = device(through([decode_images(), crop_images(crops=[VIEW.crop])], samples), "cpu")["image"]
+    assert tokens.patch == (8, 8) and tokens.grid == (4, 4) and tokens.patches.shape == (4, 16, 8 * 8 * 3)
