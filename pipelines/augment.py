@@ -26,7 +26,7 @@ from torch import Tensor
 from pipelines.rng import sample_rng
 from pipelines.sample import Sample, guarded
 
-__all__ = ["Crop", "Augment", "crop_box", "resized_crop", "crop_images"]
+__all__ = ["Crop", "Augment", "crop_box", "resized_crop", "crop_images", "crop_clips"]
 
 
 def _pair(size: int | Sequence[int]) -> tuple[int, int]:
@@ -105,6 +105,31 @@ def crop_images(*, crops: Sequence[Crop], key: str = "image", maps: Sequence[str
         return out
 
     return guarded(crop, what="crop_images")
+
+
+def crop_clips(*, crop: Crop, key: str = "video") -> Callable[[Iterable[Sample]], Iterator[Sample]]:
+    """Worker stage: cuts each clip's crop box from decoded clips (k, T, H, W, 3), the same box on all T frames.
+
+    Writes `{key}.{view}` (k, T, 3, h, w) uint8 and `{key}_size` (H, W), and drops the full frames, so the device
+    stage (whose `Augment` of the same view draws the same box under the key "{key}/{j}" of clip j) only flips,
+    normalises and patchifies. Moving the resize here spreads it over the workers when the device is a CPU.
+    """
+    size = _pair(crop.size)
+
+    def cut(sample: Sample) -> Sample:
+        clips = sample[key]  # (k, T, H, W, 3) uint8
+        h, w = clips.shape[2:4]
+        out = {k: v for k, v in sample.items() if k != key}
+        rows = []
+        for j in range(clips.shape[0]):
+            rng = sample_rng(sample.get("__seed__", 0), sample.get("__epoch__", 0), f"{sample['__key__']}/{j}",
+                             crop.view)
+            frames = clips[j].permute(0, 3, 1, 2)  # (T, H, W, 3) -> (T, 3, H, W)
+            rows.append(resized_crop(frames, crop.box(rng, h, w), size).round_().clamp_(0, 255).to(torch.uint8))
+        out[f"{key}.{crop.view}"], out[f"{key}_size"] = torch.stack(rows), torch.tensor([h, w])
+        return out
+
+    return guarded(cut, what="crop_clips")
 
 
 def _crop_map(name: str, value: Tensor, box: Sequence[int], size: tuple[int, int], map_scale: float) -> Tensor:
