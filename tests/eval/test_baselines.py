@@ -19,7 +19,9 @@ def test_copy_is_perfect_on_a_static_sequence_and_worse_when_things_move(tmp_pat
     still[4:10, 4:10] = 1
     _sequence(tmp_path, "still", [still] * 5)
     assert copy_first_frame(read_davis(tmp_path)) == {"J&F": 1.0, "J_mean": 1.0, "F_mean": 1.0}
-    moved = [np.roll(still, 3 * t, axis=1) for t in range(5)]  # frames 1..3 do not overlap frame 0 at all
+    wide = np.zeros((16, 32), np.uint8)
+    wide[4:10, 4:10] = 1
+    moved = [np.roll(wide, 8 * t, axis=1) for t in range(5)]  # frames 1..3 do not overlap frame 0 at all
     _sequence(tmp_path / "m", "move", moved)
     scores = copy_first_frame(read_davis(tmp_path / "m"))
     assert scores["J_mean"] == 0.0
