@@ -1,0 +1,75 @@
+"""Two-view learning tests for the joint-embedding methods: textures, augmented views, k-NN before and after.
+
+The views come from the pipeline's own `Augment` (random resized crop, flip, colour jitter, grayscale) with
+per-sample parameters drawn from (seed, step, index), so runs are deterministic. The class (the texture's
+pattern) survives the augmentations; colours, period and phase do not, which is what the methods must learn.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+from learning import knn_top1, snapshot, tiny_encoder, tiny_spec, train
+from synthetic import textures
+
+from mmssl.tokens import Tokens
+from pipelines.augment import Augment, Crop
+
+__all__ = ["SPEC", "AUGS", "encoder", "two_view_batch", "learn", "one_thread"]
+
+SPEC = tiny_spec("image", patch=(8, 8), size=(32, 32))
+AUGS = (Augment(crop=Crop(size=32, scale=(0.4, 1.0), view="a"), jitter=0.8, grayscale=0.2),
+        Augment(crop=Crop(size=32, scale=(0.4, 1.0), view="b"), jitter=0.8, grayscale=0.2))
+
+
+def encoder(**kwargs):
+    """The learning tests' ViT: 2 blocks of 64, 8x8 patches on 32x32 images, mean-pooled (no [CLS]), so the
+    feature the method trains is the feature the k-NN probe reads."""
+    return tiny_encoder(SPEC, depth=kwargs.pop("depth", 2), dim=kwargs.pop("dim", 64), cls_token=False, **kwargs)
+
+
+def _tokens(x: torch.Tensor) -> Tokens:
+    return SPEC.tokenize(SPEC.normalize(x))
+
+
+def two_view_batch(images: torch.Tensor, step: list[int]):
+    """`make_batch(index)` for `learning.train`: two augmented views of images[index]."""
+
+    def make(index: torch.Tensor) -> dict:
+        step[0] += 1
+        ids = [(0, step[0], str(int(i))) for i in index]
+        return {"views": [_tokens(aug(images[index], ids)) for aug in AUGS]}
+
+    return make
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """One intra-op thread: on a shared 2-core machine, two threads contending with other jobs run ~10x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def learn(method, *, steps: int, lr: float, batch_size: int = 64, n_train: int = 1536,
+          n_test: int = 256) -> dict[str, float]:
+    """Trains `method` on two-view textures; returns k-NN top-1 (%) of its encoder trained and at random init."""
+    with one_thread():
+        return _learn(method, steps=steps, lr=lr, batch_size=batch_size, n_train=n_train, n_test=n_test)
+
+
+def _learn(method, *, steps: int, lr: float, batch_size: int, n_train: int, n_test: int) -> dict[str, float]:
+    torch.manual_seed(0)
+    x, y = textures(n_train + n_test, generator=torch.Generator().manual_seed(0))
+    train_t, test_t = _tokens(x[:n_train]), _tokens(x[n_train:])
+    random_init = snapshot(method.encoder)
+    first, last, secs = train(method, two_view_batch(x[:n_train], [0]), n_train, steps=steps, lr=lr,
+                              batch_size=batch_size)
+    trained = knn_top1(method.encoder, train_t, y[:n_train], test_t, y[n_train:])
+    rand = knn_top1(random_init, train_t, y[:n_train], test_t, y[n_train:])
+    return {"first": first, "last": last, "secs": secs, "trained": trained, "random": rand}
