@@ -85,12 +85,11 @@ def make_audio(path: Path, *, seconds: float = 1.0, freq: float = 440.0, rate: i
     layout = "mono" if channels == 1 else "stereo"
     with av.open(str(path), "w") as out:
         stream = out.add_stream(codec, rate=rate, layout=layout)
-        stream.format = "s16p" if codec == "flac" and channels > 1 else "s16"
+        stream.format = "s16"  # interleaved: what both the FLAC and the PCM encoders take
         chunk = 4096
         for start in range(0, pcm.shape[1], chunk):
-            piece = pcm[:, start:start + chunk]
-            arr = piece if stream.format.name == "s16p" else piece.T.reshape(1, -1)
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(arr), format=stream.format.name, layout=layout)
+            arr = pcm[:, start:start + chunk].T.reshape(1, -1)  # (C, n) -> (1, n*C) interleaved
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(arr), format="s16", layout=layout)
             frame.sample_rate, frame.pts = rate, start
             out.mux(stream.encode(frame))
         out.mux(stream.encode())

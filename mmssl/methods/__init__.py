@@ -10,6 +10,7 @@ A batch is a dict produced by the data layer's device stage:
   `visible` set when the pipeline sampled masks and None otherwise (the method then samples its own);
 - `batch["frames"]`: a list of "image" `Tokens`, one per frame in time order (frame-pair and tracking methods);
 - `batch["views"]`: a list of `Tokens`, one per augmented view (multi-view methods);
+- `batch["waveform"]`: raw mono 16 kHz windows (B, N) for methods on waveforms (CPC);
 - `batch["label"]`: optional int64 (B,) labels; `batch["key"]`: the sample keys.
 """
 
