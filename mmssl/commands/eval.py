@@ -87,8 +87,55 @@ def add_propagation_parser(subparsers: argparse._SubParsersAction) -> argparse.A
     return prop
 
 
+def run_probe(args: argparse.Namespace) -> int:
+    """k-NN (DINO's weighted vote) or a linear probe (MAE's BatchNorm + linear) on frozen shard features."""
+    from mmssl.eval.encoders import load_encoder
+    from mmssl.eval.frozen import shard_features
+    from mmssl.eval.knn import knn_scores, topk_accuracy
+    from mmssl.eval.linear import evaluate_probe, train_linear_probe
+
+    encoder_items, _ = _split_overrides(args.overrides)
+    relative = [item[len("encoder."):] for item in encoder_items]
+    config = None if args.checkpoint else {"_component_": "mmssl.models.TokenEncoder",
+                                           "name": args.encoder or DEFAULT_ENCODER, "modality": args.modality}
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    encoder = load_encoder(args.checkpoint, config, overrides=relative)
+    train_x, train_y = shard_features(encoder, args.train, batch_size=args.batch_size, workers=args.workers,
+                                      device=device)
+    val_x, val_y = shard_features(encoder, args.val, batch_size=args.batch_size, workers=args.workers, device=device)
+    classes = int(max(train_y.max(), val_y.max())) + 1
+    if args.eval_command == "knn":
+        scores = knn_scores(train_x, train_y, val_x, k=args.k, temperature=args.temperature, num_classes=classes)
+        acc = topk_accuracy(scores, val_y)
+        what = f"weighted k-NN (k={args.k}, T={args.temperature})"
+    else:
+        probe = train_linear_probe(train_x, train_y, num_classes=classes, epochs=args.epochs)
+        acc = evaluate_probe(probe, val_x, val_y)
+        what = f"linear probe ({args.epochs} epochs)"
+    print(f"{what} on {len(train_y)} train / {len(val_y)} val samples, {classes} classes: "
+          f"top-1 {acc['top1']:.2f}  top-5 {acc['top5']:.2f}")
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Adds `mmssl eval propagation` (the shard-based `knn` and `linear` probes are to join it here)."""
+    """Adds `mmssl eval propagation`, `mmssl eval knn` and `mmssl eval linear`."""
     p = subparsers.add_parser("eval", help="evaluate a frozen encoder")
-    add_propagation_parser(p.add_subparsers(dest="eval_command", metavar="EVAL"))
+    sub = p.add_subparsers(dest="eval_command", metavar="EVAL")
+    add_propagation_parser(sub)
+    for name, help_text in (("knn", "weighted k-NN on frozen features (k=20, T=0.07)"),
+                            ("linear", "linear probe on frozen features (BatchNorm without affine + linear)")):
+        q = sub.add_parser(name, help=help_text)
+        q.add_argument("--checkpoint", type=Path, help="pretraining checkpoint (leave out for a random init)")
+        q.add_argument("--train", required=True, help="labelled training shards (folder, index.json or pattern)")
+        q.add_argument("--val", required=True, help="labelled validation shards")
+        q.add_argument("--encoder", help=f"timm ViT name for a random init (default {DEFAULT_ENCODER})")
+        q.add_argument("--modality", default="image", help="modality of a random-init encoder")
+        q.add_argument("--batch-size", type=int, default=64)
+        q.add_argument("--workers", type=int, default=2)
+        q.add_argument("--device", default=None)
+        q.add_argument("--k", type=int, default=20)
+        q.add_argument("--temperature", type=float, default=0.07)
+        q.add_argument("--epochs", type=int, default=90)
+        q.add_argument("overrides", nargs="*", help="encoder.key=value changes to the encoder config")
+        q.set_defaults(func=run_probe)
     p.set_defaults(func=lambda args: p.print_help() or 0)  # `mmssl eval` alone: list what it offers
