@@ -7,17 +7,19 @@ pattern) survives the augmentations; colours, period and phase do not, which is 
 
 from __future__ import annotations
 
+import math
+import time
 from contextlib import contextmanager
 from typing import Iterator
 
 import torch
-from learning import knn_top1, snapshot, tiny_encoder, tiny_spec, train
+from learning import knn_top1, snapshot, tiny_encoder, tiny_spec
 from synthetic import textures
 
 from mmssl.tokens import Tokens
 from pipelines.augment import Augment, Crop
 
-__all__ = ["SPEC", "AUGS", "encoder", "two_view_batch", "learn", "one_thread"]
+__all__ = ["SPEC", "AUGS", "encoder", "two_view_batch", "train", "learn", "one_thread"]
 
 SPEC = tiny_spec("image", patch=(8, 8), size=(32, 32))
 AUGS = (Augment(crop=Crop(size=32, scale=(0.4, 1.0), view="a"), jitter=0.8, grayscale=0.2),
@@ -61,6 +63,31 @@ def learn(method, *, steps: int, lr: float, batch_size: int = 64, n_train: int =
     """Trains `method` on two-view textures; returns k-NN top-1 (%) of its encoder trained and at random init."""
     with one_thread():
         return _learn(method, steps=steps, lr=lr, batch_size=batch_size, n_train=n_train, n_test=n_test)
+
+
+def train(method, make_batch, num_samples: int, *, steps: int, lr: float, batch_size: int,
+          seed: int = 0) -> tuple[float, float, float]:
+    """`learning.train`'s loop (AdamW (0.9, 0.95), warmup + cosine) plus `method.update(progress)` after every
+    step, as the recipe calls it (momentum encoders, EMA targets). Returns (first loss, mean of the last 10, s)."""
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=lr, betas=(0.9, 0.95),
+                            weight_decay=0.05)
+    warmup = max(1, steps // 10)
+    method.train()
+    start, losses = time.perf_counter(), []
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
+        index = torch.randint(0, num_samples, (batch_size,), generator=gen)
+        loss = method(make_batch(index)).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if hasattr(method, "update"):
+            method.update((step + 1) / steps)
+        losses.append(float(loss.detach()))
+    method.eval()
+    return losses[0], sum(losses[-10:]) / len(losses[-10:]), time.perf_counter() - start
 
 
 def _learn(method, *, steps: int, lr: float, batch_size: int, n_train: int, n_test: int) -> dict[str, float]:

@@ -1,0 +1,68 @@
+"""BYOL: Grill et al., "Bootstrap Your Own Latent: A New Approach to Self-Supervised Learning", NeurIPS 2020.
+
+An online network (encoder, projector, predictor) predicts the projection that a slowly moving target network
+(an exponential moving average of online encoder and projector) gives for the other view; no negatives. Follows
+`deepmind-research/byol` (`byol_experiment.py`, `configs/byol.py`, `utils/networks.py`) and REFERENCE.md §1.5:
+- projector and predictor: Linear(4096)-BN-ReLU-Linear(256);
+- loss `2 - 2 cos(q_1, sg(z'_2)) + 2 - 2 cos(q_2, sg(z'_1))`, averaged over the batch (symmetric);
+- the target decay tau = 1 - (1 - tau_base)(cos(pi * progress) + 1) / 2, base 0.99 for 100/300 epochs and 0.996 for
+  1000, set by `update(progress)` after every optimiser step;
+- the target network runs with batch statistics like the online one (BYOL's target is in training mode).
+Asymmetric augmentations (blur 1.0 / 0.1, solarize 0 / 0.2) are the data config's two views; BYOL's cross-replica
+BN needs `SyncBatchNorm` in a multi-GPU run.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from mmssl.losses import embedding_std, normalized_mse
+from mmssl.methods.output import Output
+from mmssl.methods.views import encode_views, two_views
+from mmssl.models.heads import MLPHead
+from mmssl.train.ema import ema_update_
+from mmssl.train.schedules import cosine_increase
+
+__all__ = ["BYOL"]
+
+
+class BYOL(nn.Module):
+    """Online/target networks with a predictor and the symmetric normalised-MSE loss.
+
+    Args:
+        encoder: a `TokenEncoder` (its `pooled` output and `dim` are used).
+        dim: projection width (256).
+        hidden_dim: hidden width of projector and predictor (4096).
+        momentum: base target decay tau_base, cosine-increased to 1.
+    """
+
+    modalities = ("image", "video", "audio")
+
+    def __init__(self, encoder: nn.Module, *, dim: int = 256, hidden_dim: int = 4096, momentum: float = 0.99) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.projector = MLPHead(encoder.dim, dim, hidden_dim=hidden_dim)
+        self.predictor = MLPHead(dim, dim, hidden_dim=hidden_dim)
+        self.target_encoder = copy.deepcopy(encoder).requires_grad_(False)
+        self.target_projector = copy.deepcopy(self.projector).requires_grad_(False)
+        self.base_momentum = self.momentum = momentum
+
+    @torch.no_grad()
+    def update(self, progress: float) -> None:
+        """Sets tau for this point of training and moves the target towards the online network."""
+        self.momentum = cosine_increase(progress, base=self.base_momentum)
+        ema_update_(self.target_encoder, self.encoder, self.momentum)
+        ema_update_(self.target_projector, self.projector, self.momentum)
+
+    def forward(self, batch: dict) -> Output:
+        view1, view2 = two_views(batch, "BYOL")
+        z1, z2 = (self.projector(h) for h in encode_views(self.encoder, [view1, view2]))
+        p1, p2 = self.predictor(z1), self.predictor(z2)
+        with torch.no_grad():
+            t1, t2 = (self.target_projector(h) for h in encode_views(self.target_encoder, [view1, view2]))
+        loss = normalized_mse(p1, t2) + normalized_mse(p2, t1)
+        return Output(loss=loss, logs={"loss": loss.detach(), "embedding_std": embedding_std(z1),
+                                       "momentum": torch.tensor(self.momentum)})

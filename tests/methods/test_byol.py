@@ -1,0 +1,85 @@
+"""BYOL: normalised MSE written out, the symmetric loss with a stopped target, the EMA schedule, heads, learning."""
+
+import math
+
+import pytest
+import torch
+from learning import tiny_encoder, tiny_spec
+from torch import nn
+
+from mmssl.losses import normalized_mse
+from mmssl.methods.byol import BYOL
+
+SPEC = tiny_spec("image", patch=(8, 8), size=(32, 32))
+
+
+def _method(**kwargs) -> BYOL:
+    return BYOL(tiny_encoder(SPEC, depth=1, dim=32), **{"dim": 16, "hidden_dim": 24, **kwargs})
+
+
+def _views(b: int = 5) -> list:
+    return [SPEC.tokenize(torch.randn(b, 3, 32, 32)) for _ in range(2)]
+
+
+def test_normalized_mse_is_byols_formula() -> None:
+    p, z = torch.randn(4, 7) * 3, torch.randn(4, 7)
+    # BYOL eq. (2): || q / ||q|| - z / ||z|| ||^2 = 2 - 2 <q, z> / (||q|| ||z||), averaged over the batch
+    by_hand = sum(float(((p[i] / p[i].norm() - z[i] / z[i].norm()) ** 2).sum()) for i in range(4)) / 4
+    assert math.isclose(float(normalized_mse(p, z)), by_hand, rel_tol=1e-5)
+    cos = sum(float(p[i] @ z[i] / (p[i].norm() * z[i].norm())) for i in range(4)) / 4
+    assert math.isclose(float(normalized_mse(p, z)), 2 - 2 * cos, rel_tol=1e-5)
+    assert float(normalized_mse(z * 5, z)) < 1e-6  # scale-free
+
+
+def test_forward_is_symmetric_and_the_target_gets_no_gradient() -> None:
+    method = _method()
+    views = _views()
+    out = method({"views": views})
+    with torch.no_grad():
+        p1, p2 = (method.predictor(method.projector(method.encoder(v).pooled)) for v in views)
+        t1, t2 = (method.target_projector(method.target_encoder(v).pooled) for v in views)
+        expected = normalized_mse(p1, t2) + normalized_mse(p2, t1)
+    assert torch.allclose(out.loss.detach(), expected, atol=1e-5)
+    out.loss.backward()
+    assert method.encoder.patch_embed.proj.weight.grad.abs().sum() > 0
+    assert method.predictor.mlp[0].weight.grad.abs().sum() > 0
+    assert all(p.grad is None and not p.requires_grad for p in method.target_encoder.parameters())
+    assert all(p.grad is None for p in method.target_projector.parameters())
+    assert {"loss", "embedding_std", "momentum"} <= set(out.logs)
+
+
+def test_target_ema_is_cosine_increased_to_one() -> None:
+    method = _method(momentum=0.996)
+    for p in method.encoder.parameters():
+        p.data.add_(1.0)
+    old = [p.clone() for p in method.target_encoder.parameters()]
+    method.update(0.25)
+    tau = 1 - (1 - 0.996) * (math.cos(math.pi * 0.25) + 1) / 2  # byol_experiment's target_ema schedule
+    assert math.isclose(method.momentum, tau, abs_tol=1e-12)
+    for new, was, online in zip(method.target_encoder.parameters(), old, method.encoder.parameters()):
+        assert torch.allclose(new, tau * was + (1 - tau) * online, atol=1e-6)
+    method.update(1.0)
+    assert method.momentum == 1.0
+
+
+def test_projector_and_predictor_are_byols() -> None:
+    method = _method()
+    for head, width in ((method.projector, 32), (method.predictor, 16)):
+        layers = list(head.mlp)
+        assert [type(m) for m in layers] == [nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Linear]
+        assert layers[0].in_features == width and layers[0].out_features == 24 and layers[3].out_features == 16
+    with torch.device("meta"):
+        defaults = BYOL(tiny_encoder(SPEC, depth=1, dim=32))
+    assert defaults.projector.mlp[0].out_features == 4096 and defaults.projector.out_dim == 256
+    assert defaults.predictor.mlp[0].out_features == 4096 and defaults.predictor.out_dim == 256
+
+
+@pytest.mark.slow
+def test_byol_learns_textures() -> None:
+    from twoviews import encoder, learn
+
+    method = BYOL(encoder(), dim=64, hidden_dim=128, momentum=0.99)
+    r = learn(method, steps=100, lr=2e-3)
+    print(f"\nBYOL: loss {r['first']:.3f} -> {r['last']:.3f} ({r['secs']:.1f}s); k-NN top-1 trained "
+          f"{r['trained']:.1f}% vs random init {r['random']:.1f}%")
+    assert r["trained"] > r["random"] + 8.0
