@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -113,7 +114,8 @@ class DAE(nn.Module):
 
     Args:
         encoder: a `TokenEncoder`; it sees every token, corrupted.
-        corruption: a callable patches -> `Corrupted` (`GaussianNoise`, `MaskingNoise`, `SaltPepperNoise`).
+        corruption: a callable patches -> `Corrupted` (`GaussianNoise`, `MaskingNoise`, `SaltPepperNoise`);
+            default masking noise on 25 % of the values.
         alpha: loss weight of corrupted values.
         beta: loss weight of uncorrupted values (Vincent et al.'s "double emphasis" is beta = alpha / 2).
         decoder_dim: decoder width.
@@ -124,9 +126,9 @@ class DAE(nn.Module):
 
     modalities = ("image", "video", "audio")
 
-    def __init__(self, encoder: TokenEncoder, *, corruption=None, alpha: float = 1.0, beta: float = 0.5,
-                 decoder_dim: int = 512, decoder_depth: int = 8, decoder_heads: int = 16,
-                 norm_pix_loss: bool = False) -> None:
+    def __init__(self, encoder: TokenEncoder, *, corruption: Callable[[Tensor], Corrupted] | None = None,
+                 alpha: float = 1.0, beta: float = 0.5, decoder_dim: int = 512, decoder_depth: int = 8,
+                 decoder_heads: int = 16, norm_pix_loss: bool = False) -> None:
         super().__init__()
         self.encoder = encoder
         self.modality = encoder.modality
