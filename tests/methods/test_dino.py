@@ -1,0 +1,190 @@
+"""DINO: head, loss with centering and sharpening written out, centre EMA, schedules, frozen last layer,
+teacher on global views only, DINOv2's Sinkhorn-Knopp and KoLeo, collapse without centering, learning."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from learning import tiny_encoder, tiny_spec
+
+from mmssl.methods.dino import DINO, koleo_loss, multicrop_cross_entropy, sinkhorn_knopp
+from mmssl.models.dino_head import DINOHead
+
+SPEC = tiny_spec("image", patch=(8, 8), size=(32, 32))
+
+
+def _method(**kwargs) -> DINO:
+    torch.manual_seed(0)
+    opts = dict(out_dim=48, hidden_dim=32, bottleneck_dim=16) | kwargs
+    return DINO(tiny_encoder(SPEC, depth=1, dim=32, heads=2), **opts)
+
+
+def _views(b: int = 4, local: int = 3, seed: int = 0) -> list:
+    g = torch.Generator().manual_seed(seed)
+    glob = [SPEC.tokenize(torch.randn(b, 3, 32, 32, generator=g)) for _ in range(2)]
+    return glob + [SPEC.tokenize(torch.randn(b, 3, 16, 16, generator=g)) for _ in range(local)]
+
+
+def test_head_is_dinos() -> None:
+    head = DINOHead(32, 100, hidden_dim=64, bottleneck_dim=16)
+    linears = [m for m in head.mlp if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(32, 64), (64, 64), (64, 16)]
+    assert sum(isinstance(m, torch.nn.GELU) for m in head.mlp) == 2  # none after the bottleneck
+    assert not head.last_layer.weight_g.requires_grad  # norm_last_layer
+    assert torch.allclose(head.last_layer.weight().norm(dim=1), torch.ones(100), atol=1e-5)
+    x = torch.randn(5, 32)
+    assert torch.allclose(head.bottleneck(x).norm(dim=-1), torch.ones(5), atol=1e-5)
+    # logits are cosine similarities between the normalised bottleneck and unit prototypes
+    w = head.last_layer.weight_v / head.last_layer.weight_v.norm(dim=1, keepdim=True)
+    assert torch.allclose(head(x), F.normalize(head.mlp(x), dim=-1) @ w.t(), atol=1e-5)
+    assert head(torch.randn(2, 7, 32)).shape == (2, 7, 100)
+    assert DINOHead(32, 10, norm_last_layer=False).last_layer.weight_g.requires_grad
+    assert len(DINOHead(32, 10, layers=1).mlp) == 1
+
+
+def _dino_loss_written_out(teacher: torch.Tensor, student: list, center: torch.Tensor, t_temp: float,
+                           s_temp: float) -> torch.Tensor:
+    """DINO's loss sample by sample: sum over pairs q != v of -sum_k P_t log P_s, averaged."""
+    p_t = torch.exp((teacher - center) / t_temp)
+    p_t = p_t / p_t.sum(-1, keepdim=True)  # centred, sharpened teacher
+    p_t = p_t.chunk(2)
+    total, pairs = 0.0, 0
+    for q in range(2):
+        for v, s in enumerate(student):
+            if v == q:
+                continue
+            log_p_s = s / s_temp - torch.logsumexp(s / s_temp, dim=-1, keepdim=True)
+            total += sum(-(p_t[q][i] * log_p_s[i]).sum() for i in range(s.shape[0])) / s.shape[0]
+            pairs += 1
+    return total / pairs
+
+
+def test_multicrop_cross_entropy_is_the_formula() -> None:
+    g = torch.Generator().manual_seed(0)
+    teacher = torch.randn(6, 10, generator=g)
+    student = [torch.randn(3, 10, generator=g) for _ in range(4)]
+    center = torch.randn(10, generator=g) * 0.1
+    probs = F.softmax((teacher - center) / 0.04, dim=-1)
+    got = multicrop_cross_entropy(probs.chunk(2), student, student_temp=0.1)
+    expected = _dino_loss_written_out(teacher, student, center, 0.04, 0.1)
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_forward_loss_and_centre_update_follow_dino() -> None:
+    method = _method(teacher_temp=0.07, warmup_teacher_temp=0.04, teacher_temp_warmup=0.5)
+    method.centering.center.normal_(0, 0.1)
+    method.update(0.25)  # half-way through the temperature warmup: 0.055
+    centre = method.centering.center.clone()
+    views = _views()
+    out = method({"views": views})
+    with torch.no_grad():
+        student = [method.head(method.encoder(v).pooled) for v in views]
+        teacher = torch.cat([method.teacher_head(method.teacher(v).pooled) for v in views[:2]])
+    expected = _dino_loss_written_out(teacher, student, centre, 0.055, 0.1)
+    assert torch.allclose(out.loss, expected, atol=1e-4)
+    assert math.isclose(float(out.logs["teacher_temp"]), 0.055, rel_tol=1e-5)
+    # c <- 0.9 c + 0.1 * batch mean of both global views' teacher logits
+    assert torch.allclose(method.centering.center, 0.9 * centre + 0.1 * teacher.mean(0), atol=1e-5)
+    for key in ("teacher_entropy", "teacher_batch_entropy", "embedding_std", "dino_loss"):
+        assert torch.isfinite(out.logs[key])
+
+
+def test_teacher_sees_only_the_global_views() -> None:
+    method = _method()
+    seen = []
+    method.teacher.register_forward_hook(lambda m, args, out: seen.append((args[0].grid, args[0].batch_size)))
+    student = []
+    method.encoder.register_forward_hook(lambda m, args, out: student.append((args[0].grid, args[0].batch_size)))
+    method({"views": _views(b=4, local=3)})
+    assert seen == [((4, 4), 8)]  # both global views in one pass
+    assert student == [((4, 4), 8), ((2, 2), 12)]  # one pass per resolution, as MultiCropWrapper
+
+
+def test_temperature_and_momentum_schedules() -> None:
+    method = _method(teacher_temp=0.07, warmup_teacher_temp=0.04, teacher_temp_warmup=0.3, momentum=0.996)
+    temps = []
+    for p in (0.0, 0.15, 0.3, 0.9):
+        method.progress.fill_(p)
+        temps.append(float(method.temperature()))
+    assert temps == pytest.approx([0.04, 0.055, 0.07, 0.07], abs=1e-6)
+    with torch.no_grad():
+        for p in method.encoder.parameters():
+            p.add_(torch.randn_like(p))
+    before = [p.clone() for p in method.teacher.parameters()]
+    progress = 0.3
+    method.update(progress)
+    m = 1 - (1 - 0.996) * (math.cos(math.pi * progress) + 1) / 2  # DINO's cosine momentum schedule
+    for t0, t1, s in zip(before, method.teacher.parameters(), method.encoder.parameters()):
+        assert torch.allclose(t1, m * t0 + (1 - m) * s, atol=1e-6)
+    assert float(method.state_dict()["progress"]) == pytest.approx(0.3)  # schedules resume from checkpoints
+
+
+def test_last_layer_is_frozen_for_the_first_share() -> None:
+    method = _method(freeze_last_layer=0.1)
+    last = method.head.last_layer.weight_v
+    method({"views": _views()}).loss.backward()
+    assert torch.count_nonzero(last.grad) == 0
+    assert method.head.mlp[0].weight.grad.abs().sum() > 0 and method.encoder.cls_token.grad.abs().sum() > 0
+    assert all(p.grad is None for p in method.teacher.parameters())  # no gradient into the teacher
+    method.zero_grad()
+    method.update(0.1)
+    method({"views": _views()}).loss.backward()
+    assert last.grad.abs().sum() > 0
+
+
+def test_optimiser_sees_only_the_student() -> None:
+    method = _method(norm_last_layer=False)
+    trainable = {n for n, p in method.named_parameters() if p.requires_grad}
+    assert not any(n.startswith(("teacher", "teacher_head")) for n in trainable)
+    assert "head.last_layer.weight_g" in trainable
+    assert "head.last_layer.weight_g" not in {n for n, p in _method().named_parameters() if p.requires_grad}
+
+
+def _sinkhorn_written_out(logits: torch.Tensor, temp: float, iters: int) -> torch.Tensor:
+    q = torch.exp(logits / temp).t().double()  # K x B
+    k, b = q.shape
+    q = q / q.sum()
+    for _ in range(iters):
+        for r in range(k):
+            q[r] = q[r] / q[r].sum() / k
+        for c in range(b):
+            q[:, c] = q[:, c] / q[:, c].sum() / b
+    return (q * b).t().float()
+
+
+def test_sinkhorn_knopp_is_the_formula_and_balances() -> None:
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(12, 5, generator=g)
+    got = sinkhorn_knopp(logits, temperature=0.5, iterations=3)
+    assert torch.allclose(got, _sinkhorn_written_out(logits, 0.5, 3), atol=1e-5)
+    assert torch.allclose(got.sum(1), torch.ones(12), atol=1e-5)  # every sample's assignment sums to 1
+    many = sinkhorn_knopp(logits, temperature=0.5, iterations=200)
+    assert torch.allclose(many.sum(0), torch.full((5,), 12 / 5), atol=1e-3)  # prototypes share the batch
+    assert torch.allclose(many.sum(1), torch.ones(12), atol=1e-5)
+
+
+def test_koleo_is_the_formula() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(7, 4, generator=g)
+    xn = x / x.norm(dim=1, keepdim=True)
+    expected = 0.0
+    for i in range(7):
+        dists = [float((xn[i] - xn[j]).norm()) for j in range(7) if j != i]
+        expected -= math.log(min(dists)) / 7
+    assert float(koleo_loss(x)) == pytest.approx(expected, abs=1e-4)
+    spread = koleo_loss(torch.eye(4))
+    assert float(koleo_loss(torch.eye(4) + 0.1 * torch.ones(4, 4))) > float(spread)  # closer points, higher loss
+
+
+def test_dinov2_options_run() -> None:
+    method = _method(centering="sinkhorn", koleo_weight=0.1)
+    out = method({"views": _views()})
+    out.loss.backward()
+    assert "koleo" in out.logs and torch.isfinite(out.loss)
+    assert torch.allclose(out.loss, out.logs["dino_loss"] + 0.1 * out.logs["koleo"], atol=1e-5)
+    assert torch.count_nonzero(method.centering.center) == 0  # Sinkhorn keeps no centre
+    with pytest.raises(ValueError, match="centering"):
+        _method(centering="mean")
+    with pytest.raises(ValueError, match="views"):
+        _method()({"views": _views()[:1]})
