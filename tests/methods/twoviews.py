@@ -14,7 +14,7 @@ from typing import Iterator
 
 import torch
 from learning import knn_top1, snapshot, tiny_encoder, tiny_spec
-from synthetic import textures
+import synthetic
 
 from mmssl.tokens import Tokens
 from pipelines.augment import Augment, Crop
@@ -58,17 +58,21 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def learn(method, *, steps: int, lr: float, batch_size: int = 64, n_train: int = 1536,
-          n_test: int = 256) -> dict[str, float]:
-    """Trains `method` on two-view textures; returns k-NN top-1 (%) of its encoder trained and at random init."""
+def learn(method, *, steps: int, lr: float, batch_size: int = 64, n_train: int = 1536, n_test: int = 256,
+          data: str = "textures") -> dict[str, float]:
+    """Trains `method` on two views of `synthetic.<data>` images (textures or shapes); returns the first and last
+    losses, seconds, and k-NN top-1 (%) of its encoder trained and at random init."""
     with one_thread():
-        return _learn(method, steps=steps, lr=lr, batch_size=batch_size, n_train=n_train, n_test=n_test)
+        return _learn(method, steps=steps, lr=lr, batch_size=batch_size, n_train=n_train, n_test=n_test, data=data)
 
 
 def train(method, make_batch, num_samples: int, *, steps: int, lr: float, batch_size: int,
-          seed: int = 0) -> tuple[float, float, float]:
+          seed: int = 0) -> tuple[float, float, float, dict[str, float]]:
     """`learning.train`'s loop (AdamW (0.9, 0.95), warmup + cosine) plus `method.update(progress)` after every
-    step, as the recipe calls it (momentum encoders, EMA targets). Returns (first loss, mean of the last 10, s)."""
+    step, as the recipe calls it (momentum encoders, EMA targets).
+
+    Returns (first loss, mean of the last 10, seconds, the last step's logs).
+    """
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=lr, betas=(0.9, 0.95),
                             weight_decay=0.05)
@@ -79,7 +83,8 @@ def train(method, make_batch, num_samples: int, *, steps: int, lr: float, batch_
         for group in opt.param_groups:
             group["lr"] = lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
         index = torch.randint(0, num_samples, (batch_size,), generator=gen)
-        loss = method(make_batch(index)).loss
+        out = method(make_batch(index))
+        loss = out.loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -87,16 +92,18 @@ def train(method, make_batch, num_samples: int, *, steps: int, lr: float, batch_
             method.update((step + 1) / steps)
         losses.append(float(loss.detach()))
     method.eval()
-    return losses[0], sum(losses[-10:]) / len(losses[-10:]), time.perf_counter() - start
+    logs = {k: float(v) for k, v in out.logs.items()}
+    return losses[0], sum(losses[-10:]) / len(losses[-10:]), time.perf_counter() - start, logs
 
 
-def _learn(method, *, steps: int, lr: float, batch_size: int, n_train: int, n_test: int) -> dict[str, float]:
+def _learn(method, *, steps: int, lr: float, batch_size: int, n_train: int, n_test: int,
+           data: str) -> dict[str, float]:
     torch.manual_seed(0)
-    x, y = textures(n_train + n_test, generator=torch.Generator().manual_seed(0))
+    x, y = getattr(synthetic, data)(n_train + n_test, generator=torch.Generator().manual_seed(0))
     train_t, test_t = _tokens(x[:n_train]), _tokens(x[n_train:])
     random_init = snapshot(method.encoder)
-    first, last, secs = train(method, two_view_batch(x[:n_train], [0]), n_train, steps=steps, lr=lr,
+    first, last, secs, logs = train(method, two_view_batch(x[:n_train], [0]), n_train, steps=steps, lr=lr,
                               batch_size=batch_size)
     trained = knn_top1(method.encoder, train_t, y[:n_train], test_t, y[n_train:])
     rand = knn_top1(random_init, train_t, y[:n_train], test_t, y[n_train:])
-    return {"first": first, "last": last, "secs": secs, "trained": trained, "random": rand}
+    return {"first": first, "last": last, "secs": secs, "trained": trained, "random": rand, **logs}
