@@ -6,10 +6,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from learning import tiny_encoder, tiny_spec
+from learning import snapshot, tiny_encoder, tiny_spec
 
 from mmssl.methods.dino import DINO, koleo_loss, multicrop_cross_entropy, sinkhorn_knopp
 from mmssl.models.dino_head import DINOHead
+from mmssl.tokens import Tokens
 
 SPEC = tiny_spec("image", patch=(8, 8), size=(32, 32))
 
@@ -188,3 +189,85 @@ def test_dinov2_options_run() -> None:
         _method(centering="mean")
     with pytest.raises(ValueError, match="views"):
         _method()({"views": _views()[:1]})
+
+
+def _textures(n_train: int = 1024, n_test: int = 256):
+    from synthetic import textures
+
+    x, y = textures(n_train + n_test, generator=torch.Generator().manual_seed(0))
+    tokens = SPEC.tokenize(SPEC.normalize(x))
+    split = [Tokens(patches=tokens.patches[s], grid=tokens.grid, patch=tokens.patch, modality="image")
+             for s in (slice(0, n_train), slice(n_train, None))]
+    return x[:n_train], split[0], y[:n_train], split[1], y[n_train:]
+
+
+def _learner(**kwargs) -> DINO:
+    torch.manual_seed(0)
+    opts = dict(out_dim=256, hidden_dim=256, bottleneck_dim=64, teacher_temp_warmup=0.0, freeze_last_layer=0.0)
+    return DINO(tiny_encoder(SPEC, depth=2, dim=64), **(opts | kwargs))
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: faster on a shared 2-core machine, and the same float order on every run."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.slow
+def test_dino_without_centering_collapses_and_with_it_does_not(one_thread) -> None:
+    from multicrop import multicrop_views, train_views
+
+    images, *_ = _textures()
+    runs = {}
+    for centering in ("none", "center"):
+        method = _learner(centering=centering, momentum=0.9)
+        history, secs = train_views(method, lambda i, g: {"views": multicrop_views(images[i], SPEC, g, local_views=2)},
+                                    len(images), steps=80, lr=2e-3)
+        runs[centering] = {k: sum(h[k] for h in history[-10:]) / 10 for k in history[0]} | {"secs": secs}
+        runs[centering]["std0"] = history[0]["embedding_std"]
+    top = math.log(256)
+    for name, r in runs.items():
+        print(f"\nDINO centering={name}: teacher batch entropy {r['teacher_batch_entropy']:.3f} (max {top:.2f}), "
+              f"teacher entropy {r['teacher_entropy']:.3f}, embedding std {r['std0']:.3f} -> "
+              f"{r['embedding_std']:.3f}, loss {r['dino_loss']:.3f} ({r['secs']:.1f}s)")
+    none, centred = runs["none"], runs["center"]
+    # sharpening alone: every sample lands on one prototype and the loss vanishes (DINO's Fig. 7 collapse)
+    assert none["teacher_batch_entropy"] < 0.05 and none["dino_loss"] < 0.05
+    # centred: the batch still spreads over prototypes, and the features keep more of their spread
+    assert centred["teacher_batch_entropy"] > 0.6 * top
+    assert none["embedding_std"] < centred["embedding_std"]
+
+
+@pytest.mark.slow
+def test_dino_learns_textures(one_thread) -> None:
+    from multicrop import multicrop_views, pooled_knn_top1, train_views
+
+    images, train_t, train_y, test_t, test_y = _textures()
+    method = _learner(momentum=0.99)
+    random_init = snapshot(method.encoder)
+    history, secs = train_views(method, lambda i, g: {"views": multicrop_views(images[i], SPEC, g, local_views=2)},
+                                len(images), steps=150, lr=2e-3)
+    trained = pooled_knn_top1(method.encoder, train_t, train_y, test_t, test_y)
+    teacher = pooled_knn_top1(method.teacher, train_t, train_y, test_t, test_y)
+    rand = pooled_knn_top1(random_init, train_t, train_y, test_t, test_y)
+    first, last = history[0]["loss"], sum(h["loss"] for h in history[-10:]) / 10
+    print(f"\nDINO: loss {first:.3f} -> {last:.3f} ({secs:.1f}s); [CLS] k-NN top-1 student {trained:.1f}%, "
+          f"teacher {teacher:.1f}% vs random init {rand:.1f}%")
+    assert last < first
+    assert trained > rand + 4.0
+
+
+@pytest.mark.parametrize("name", ["image/dino_tiny", "video/dino_tiny"])
+def test_tiny_config_runs_two_steps(name: str, tmp_path) -> None:
+    from config_runs import image_shards, two_steps, video_shards
+
+    shards = (video_shards if name.startswith("video") else image_shards)(tmp_path)
+    summary = two_steps(name, shards, tmp_path / "runs")
+    method = summary["method"]
+    assert summary["steps"] == 2 and math.isfinite(summary["last_loss"])
+    assert float(method.progress) == 1.0  # the recipe called update(progress) after each step
+    assert len(method.centering.center.nonzero()) > 0  # the centre moved
+    assert not torch.equal(method.teacher.blocks[0].attn.qkv.weight, method.encoder.blocks[0].attn.qkv.weight)

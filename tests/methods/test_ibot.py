@@ -142,3 +142,43 @@ def test_last_layers_frozen_and_schedules() -> None:
     method({"views": _views(masked=False)}).loss.backward()  # masks drawn by the method itself
     assert method.head.last_layer.weight_v.grad.abs().sum() > 0
     assert math.isfinite(float(method.progress))
+
+
+@pytest.mark.slow
+def test_ibot_learns_textures() -> None:
+    from learning import snapshot
+    from multicrop import multicrop_views, pooled_knn_top1, train_views
+    from synthetic import textures
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # faster on a shared 2-core machine, and one float order
+    try:
+        x, y = textures(1280, generator=torch.Generator().manual_seed(0))
+        tokens = SPEC.tokenize(SPEC.normalize(x))
+        train_t, test_t = (Tokens(patches=tokens.patches[s], grid=tokens.grid, patch=tokens.patch, modality="image")
+                           for s in (slice(0, 1024), slice(1024, None)))
+        torch.manual_seed(0)
+        method = IBOT(tiny_encoder(SPEC, depth=2, dim=64), out_dim=256, patch_out_dim=256, hidden_dim=256,
+                      bottleneck_dim=64, teacher_temp=0.04, teacher_patch_temp=0.04, teacher_temp_warmup=0.0,
+                      freeze_last_layer=0.0, momentum=0.99)
+        random_init = snapshot(method.encoder)
+        history, secs = train_views(method, lambda i, g: {"views": multicrop_views(x[i], SPEC, g, local_views=2)},
+                                    1024, steps=150, lr=2e-3)
+        trained = pooled_knn_top1(method.encoder, train_t, y[:1024], test_t, y[1024:])
+        rand = pooled_knn_top1(random_init, train_t, y[:1024], test_t, y[1024:])
+        last = {k: sum(h[k] for h in history[-10:]) / 10 for k in history[0]}
+        print(f"\niBOT: [CLS] loss {history[0]['cls_loss']:.3f} -> {last['cls_loss']:.3f}, patch loss "
+              f"{history[0]['patch_loss']:.3f} -> {last['patch_loss']:.3f} ({secs:.1f}s); teacher batch entropy "
+              f"{last['teacher_batch_entropy']:.2f}; [CLS] k-NN top-1 {trained:.1f}% vs random init {rand:.1f}%")
+        assert last["loss"] < history[0]["loss"]
+        assert trained > rand + 3.0
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_tiny_config_runs_two_steps(tmp_path) -> None:
+    from config_runs import image_shards, two_steps
+
+    summary = two_steps("image/ibot_tiny", image_shards(tmp_path), tmp_path / "runs")
+    assert summary["steps"] == 2 and math.isfinite(summary["last_loss"])
+    assert float(summary["method"].progress) == 1.0

@@ -80,3 +80,47 @@ def test_method_forward_backward(estimator: str) -> None:
     assert torch.isfinite(method({"views": [tokens]}).loss)  # a multi-view batch: the first view
     with pytest.raises(ValueError, match="estimator"):
         InfoMax(tiny_encoder(SPEC, depth=1, dim=32, heads=2), estimator="dv")
+
+
+@pytest.mark.slow
+def test_infomax_learns_textures() -> None:
+    """Both estimators, 150 steps each on unaugmented textures; k-NN on mean-pooled tokens (the local features DIM
+    trains) and on [CLS] (the global one)."""
+    from learning import knn_top1, snapshot
+    from multicrop import pooled_knn_top1, train_views
+    from synthetic import textures
+
+    from mmssl.tokens import Tokens
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # faster on a shared 2-core machine, and one float order
+    try:
+        x, y = textures(1280, generator=torch.Generator().manual_seed(0))
+        tokens = SPEC.tokenize(SPEC.normalize(x))
+        train_t, test_t = (Tokens(patches=tokens.patches[s], grid=tokens.grid, patch=tokens.patch, modality="image")
+                           for s in (slice(0, 1024), slice(1024, None)))
+        for estimator in ("jsd", "infonce"):
+            torch.manual_seed(0)
+            method = InfoMax(tiny_encoder(SPEC, depth=2, dim=64), estimator=estimator, units=64)
+            random_init = snapshot(method.encoder)
+            history, secs = train_views(method, lambda i, g: {"image": Tokens(
+                patches=train_t.patches[i], grid=train_t.grid, patch=train_t.patch, modality="image")},
+                1024, steps=150, lr=1e-3)
+            mean_trained = knn_top1(method.encoder, train_t, y[:1024], test_t, y[1024:])
+            mean_rand = knn_top1(random_init, train_t, y[:1024], test_t, y[1024:])
+            cls_trained = pooled_knn_top1(method.encoder, train_t, y[:1024], test_t, y[1024:])
+            cls_rand = pooled_knn_top1(random_init, train_t, y[:1024], test_t, y[1024:])
+            first, last = history[0]["loss"], sum(h["loss"] for h in history[-10:]) / 10
+            print(f"\nInfoMax {estimator}: loss {first:.3f} -> {last:.3f} ({secs:.1f}s); k-NN top-1 mean-pooled "
+                  f"{mean_trained:.1f}% vs random init {mean_rand:.1f}%, [CLS] {cls_trained:.1f}% vs {cls_rand:.1f}%")
+            assert last < first
+            assert mean_trained > mean_rand + 5.0
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_tiny_config_runs_two_steps(tmp_path) -> None:
+    from config_runs import image_shards, two_steps
+
+    summary = two_steps("image/infomax_tiny", image_shards(tmp_path), tmp_path / "runs")
+    assert summary["steps"] == 2 and math.isfinite(summary["last_loss"])
