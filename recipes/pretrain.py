@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -81,6 +82,9 @@ def pretrain(cfg: dict[str, Any], *, resume: str | bool | None = None, run_dir: 
 
     # -- data: a streaming loader (workers, CPU) and the device stage (main process) ----------------------------
     loader = instantiate(cfg["data"]["train"], where="data.train", rank=rank, world_size=world)
+    if train.threads or device.type == "cpu":
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        torch.set_num_threads(train.threads or max(1, cores // world - loader.num_workers))
     device_stage = instantiate(cfg["data"].get("device"), where="data.device") if cfg["data"].get("device") else None
 
     # -- method, optimiser, schedule ----------------------------------------------------------------------------

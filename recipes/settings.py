@@ -59,6 +59,8 @@ class TrainSettings:
         strategy: "ddp", or "fsdp" (FSDP2 fully_shard) for encoders too large for DDP.
         tensorboard: also log to TensorBoard when it is installed.
         progress: show a progress bar.
+        threads: torch CPU threads of the training process; None: on a CPU, the cores the loader's workers leave
+            free (oversubscribed cores make every step many times slower), else torch's default.
         stop_after: end this run after this step with a checkpoint, as a preempted job would (the schedule still
             runs to `steps`; `--resume` continues).
     """
@@ -79,3 +81,4 @@ class TrainSettings:
     tensorboard: bool = True
     progress: bool = True
     stop_after: int | None = None
+    threads: int | None = None
