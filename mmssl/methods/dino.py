@@ -83,9 +83,13 @@ def sinkhorn_knopp(logits: Tensor, *, temperature: Tensor | float, iterations: i
     """DINOv2's Sinkhorn-Knopp teacher targets: rows (samples) of the returned (B, K) sum to 1, and after enough
     iterations every prototype gets B / K of the mass; the batch is all ranks' rows (sums are all-reduced)."""
     scaled = logits.float() / temperature
-    scaled = scaled - _all_reduce(scaled.max().clone(), tdist.ReduceOp.MAX)  # a shared constant: same result
+    # subtracting one constant shared by all ranks changes nothing after normalising, but keeps exp() finite;
+    # a rank without rows (no masked patch this step) still joins every all-reduce
+    top = scaled.max() if scaled.numel() else scaled.new_tensor(float("-inf"))
+    scaled = scaled - _all_reduce(top.clone(), tdist.ReduceOp.MAX)
     q = scaled.exp().t()  # (K, B): prototypes x samples, the paper's notation
-    k, b = q.shape[0], q.shape[1] * world_size()
+    k = q.shape[0]
+    b = _all_reduce(torch.tensor(float(q.shape[1]), device=q.device))  # rows on all ranks (DINOv2 counts them)
     q = q / _all_reduce(q.sum())
     for _ in range(iterations):
         q = q / _all_reduce(q.sum(dim=1, keepdim=True)) / k  # each prototype's mass -> 1/K

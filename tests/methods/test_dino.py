@@ -271,3 +271,45 @@ def test_tiny_config_runs_two_steps(name: str, tmp_path) -> None:
     assert float(method.progress) == 1.0  # the recipe called update(progress) after each step
     assert len(method.centering.center.nonzero()) > 0  # the centre moved
     assert not torch.equal(method.teacher.blocks[0].attn.qkv.weight, method.encoder.blocks[0].attn.qkv.weight)
+
+
+def _centre_worker(rank: int, port: int, logits: torch.Tensor, out) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    from mmssl.methods.dino import TeacherCentering
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    part = logits.chunk(2)[rank]
+    centre = TeacherCentering(logits.shape[1], momentum=0.9)
+    centre.update(part)
+    out[rank] = {"center": centre.center.clone(),
+                 "sinkhorn": sinkhorn_knopp(part, temperature=0.5, iterations=3),
+                 "uneven": sinkhorn_knopp(logits[:5] if rank == 0 else logits[5:], temperature=0.5, iterations=3)}
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow  # two spawned processes importing torch
+def test_centre_and_sinkhorn_span_all_ranks() -> None:
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from mmssl.methods.dino import TeacherCentering
+
+    logits = torch.randn(12, 5, generator=torch.Generator().manual_seed(0))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = mp.Manager().dict()
+    mp.spawn(_centre_worker, args=(port, logits, out), nprocs=2)
+    whole = TeacherCentering(5, momentum=0.9)
+    whole.update(logits)
+    q = sinkhorn_knopp(logits, temperature=0.5, iterations=3)
+    for rank in range(2):  # each rank's centre is the whole batch's; its targets are its rows of the whole's
+        assert torch.allclose(out[rank]["center"], whole.center, atol=1e-6)
+        assert torch.allclose(out[rank]["sinkhorn"], q.chunk(2)[rank], atol=1e-5)
+    assert torch.allclose(torch.cat([out[0]["uneven"], out[1]["uneven"]]), q, atol=1e-5)  # 5 + 7 rows
