@@ -1,0 +1,93 @@
+"""Jigsaw puzzles: Noroozi & Favaro, "Unsupervised Learning of Visual Representations by Solving Jigsaw Puzzles",
+ECCV 2016.
+
+Cut an image into 3x3 tiles, shuffle them by one permutation of a fixed set, and classify which permutation it
+was. Follows REFERENCE.md §1.8 and bbrattoli/JigsawPuzzlePytorch (`JigsawImageLoader.py`, `select_permutations.py`,
+`JigsawNetwork.py`), the PyTorch port of the Caffe original:
+- a 225 px image makes 75 px cells; each tile is a random 64 px crop of its cell (gap and jitter against edge
+  continuity shortcuts) resized back to 75 px and standardised on its own (`pipelines.pretext.jigsaw_tiles`);
+- the classes are a permutation set grown for maximal Hamming distance, 1000 in the paper, 100 by default here
+  (VISSL ships 100/2k/10k), made deterministically and cached on disk (`hamming_permutations`);
+- the tiles go through one shared ("siamese") encoder; each tile's pooled feature is mapped by a shared fc
+  (fc6, 1024 wide in the paper's AlexNet), the 9 are concatenated in puzzle order, and an MLP (fc7 4096, fc8)
+  classifies the permutation.
+The puzzles are cut from the whole-image batch the device stage left in `batch["image"]`; offsets and permutation
+draws use torch's RNG (seeded by the recipe), like MAE's own masks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mmssl.methods.output import Output
+from pipelines.pretext import hamming_permutations, jigsaw_tiles, normalize_tiles
+
+__all__ = ["Jigsaw"]
+
+
+class Jigsaw(nn.Module):
+    """Permutation classification of shuffled, gapped, jittered tiles through a shared tile encoder.
+
+    Args:
+        encoder: a `TokenEncoder` or `CNNEncoder`; it sees one tile at a time (a ViT's patch must divide `tile`).
+        grid: tiles per side (3).
+        num_permutations: size of the maximal-Hamming permutation set (100; 1000 in the paper).
+        crop_fraction: tile crop side over cell side (64 / 75 in the paper); the rest is gap plus jitter.
+        tile: side the tile crops are resized to; None keeps the cell side (75 at 225 px, as the reference).
+        tile_dim: width of the shared per-tile fc (fc6).
+        hidden_dim: width of the classifier's hidden layer over the concatenated tiles (fc7).
+        cache_dir: where the permutation set is cached (default `$MMSSL_CACHE` or ~/.cache/mmssl).
+    """
+
+    modalities = ("image",)
+
+    def __init__(self, encoder: nn.Module, *, grid: int = 3, num_permutations: int = 100,
+                 crop_fraction: float = 64 / 75, tile: int | None = None, tile_dim: int = 1024,
+                 hidden_dim: int = 4096, cache_dir: str | Path | None = None) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.modality = encoder.modality
+        self.grid, self.crop_fraction, self.tile = grid, crop_fraction, tile
+        perms = torch.from_numpy(hamming_permutations(num_permutations, tiles=grid * grid, cache_dir=cache_dir))
+        self.register_buffer("permutations", perms, persistent=False)  # (P, T)
+        self.tile_fc = nn.Sequential(nn.Linear(encoder.dim, tile_dim), nn.ReLU(inplace=True))
+        self.classifier = nn.Sequential(nn.Linear(grid * grid * tile_dim, hidden_dim), nn.ReLU(inplace=True),
+                                        nn.Linear(hidden_dim, num_permutations))
+
+    @property
+    def num_permutations(self) -> int:
+        return self.permutations.shape[0]
+
+    def puzzles(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """Shuffled, normalised tiles (B, T, C, s, s) of images (B, C, S, S) and their permutation labels (B,).
+
+        Position t of a puzzle holds tile `permutations[label, t]` (the reference's convention).
+        """
+        b, size = images.shape[0], images.shape[-1]
+        cell = size // self.grid
+        crop = max(1, round(cell * self.crop_fraction))
+        t = self.grid * self.grid
+        offsets = torch.randint(0, cell - crop + 1, (b, t, 2), device=images.device)  # per-tile jitter in its cell
+        tiles = normalize_tiles(jigsaw_tiles(images, offsets, grid=self.grid, crop=crop, size=self.tile or cell))
+        labels = torch.randint(0, self.num_permutations, (b,), device=images.device)
+        order = self.permutations[labels]  # (B, T)
+        shuffled = tiles[torch.arange(b, device=images.device)[:, None], order]  # (B, T, C, s, s)
+        return shuffled, labels
+
+    def logits(self, tiles: Tensor) -> Tensor:
+        """Permutation logits (B, P) of puzzles (B, T, C, s, s)."""
+        b, t = tiles.shape[:2]
+        feats = self.encoder(self.modality.tokenize(tiles.flatten(0, 1))).pooled  # (B*T, C, s, s) -> (B*T, D)
+        per_tile = self.tile_fc(feats).reshape(b, -1)  # (B*T, tile_dim) -> (B, T*tile_dim), in puzzle order
+        return self.classifier(per_tile)
+
+    def forward(self, batch: dict) -> Output:
+        tiles, labels = self.puzzles(batch[self.modality.name].image().float())
+        logits = self.logits(tiles)
+        loss = F.cross_entropy(logits, labels)
+        acc = (logits.detach().argmax(1) == labels).float().mean()
+        return Output(loss=loss, logs={"loss": loss.detach(), "jigsaw_acc": acc})
