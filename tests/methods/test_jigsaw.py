@@ -86,3 +86,11 @@ def test_jigsaw_learns_upright_objects(tmp_path) -> None:
           f"{r['random']:.1f}%")
     assert r["pretext"] > 25.0
     assert r["trained"] > r["random"] + 4.0
+
+
+def test_tiny_config_runs_two_steps(tmp_path) -> None:
+    from config_runs import image_shards, two_steps
+
+    summary = two_steps("image/jigsaw_tiny", image_shards(tmp_path), tmp_path / "runs")
+    assert summary["steps"] == 2 and math.isfinite(summary["last_loss"])
+    assert isinstance(summary["method"], Jigsaw)

@@ -73,3 +73,11 @@ def test_rotation_learns_upright_objects() -> None:
           f"{r['pretext']:.1f}% (chance 25%); k-NN top-1 trained {r['trained']:.1f}% vs random init {r['random']:.1f}%")
     assert r["pretext"] > 60.0
     assert r["trained"] > r["random"] + 8.0
+
+
+def test_tiny_config_runs_two_steps(tmp_path) -> None:
+    from config_runs import image_shards, two_steps
+
+    summary = two_steps("image/rotation_tiny", image_shards(tmp_path), tmp_path / "runs")
+    assert summary["steps"] == 2 and math.isfinite(summary["last_loss"])
+    assert isinstance(summary["method"], Rotation)
