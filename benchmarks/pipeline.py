@@ -222,6 +222,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--clips", type=int, default=96, help="audio clips of 10 s")
     parser.add_argument("--gop", type=int, default=STRIDE, help="keyframe interval of the sharded videos")
+    parser.add_argument("--only", choices=["video", "image", "audio"], default=None, help="measure one modality")
     parser.add_argument("--workdir", default=None, help="keep media and shards here (default: a temp dir)")
     args = parser.parse_args()
 
@@ -240,52 +241,59 @@ def main() -> None:
         torch.set_num_threads(1)
     print(f"workers {args.workers}, device stage on {device}, torch threads {torch.get_num_threads()}, in {root}")
     t0 = time.perf_counter()
-    videos = make_videos(root / "media", args.videos, args.video_frames)
-    images = make_images(root / "media", args.images)
-    clips = make_audio(root / "media", args.clips, 10.0)
+    videos = make_videos(root / "media", args.videos, args.video_frames) if args.only in (None, "video") else []
+    images = make_images(root / "media", args.images) if args.only in (None, "image") else []
+    clips = make_audio(root / "media", args.clips, 10.0) if args.only in (None, "audio") else []
     # videos are stored as the sharding tool's transcode makes them: short side <= 256 and a keyframe every
     # `--gop` frames, so a clip at stride 4 decodes about 2.5 frames per sampled frame instead of the ~5 that the
     # source's one-second GOP costs the baseline (which reads the original files, as VideoMAE does)
-    idx = {m: shard(root / "media" / m, root / "shards" / m, m, args.gop if m == "video" else None)
-           for m in ("video", "image", "audio")}
+    kinds = (args.only,) if args.only else ("video", "image", "audio")
+    idx = {m: shard(root / "media" / m, root / "shards" / m, m, args.gop if m == "video" else None) for m in kinds}
     print(f"media and shards made in {time.perf_counter() - t0:.1f} s")
     w, results = args.workers, {}
 
-    # video: 16x4 clips, 224 crops; ours decodes 2 clips per video at reduced size
-    view = Augment(crop=Crop(size=SIZE, scale=(0.35, 1.0), ratio=(0.75, 1.3333)))
-    video_device = DeviceStage(mode="video", views=[view], mask=TubeMask(0.9))
-    stages = [decode_clips(num_frames=CLIP_FRAMES, stride=STRIDE, clips=2, size=(SIZE, 298), backend="decord"),
-              crop_clips(crop=view.crop)]
-    # one pass: 2 clips from each video for ours, each video read twice (a clip per read) for the baseline
-    results["video ours"] = ours(idx["video"], stages, video_device, device, 8, w, 1, lambda b: b["video"].batch_size)
-    base = loader(VideoMAEClips(videos, repeats=2), 16, w)
-    results["video baseline"] = timed(base, lambda b: b.shape[0])
-    print(f"video clips/s: ours {results['video ours']:.1f}, baseline {results['video baseline']:.1f}", flush=True)
+    if "video" in kinds:
+        # video: 16x4 clips, 224 crops; ours decodes 2 clips per video at reduced size
+        view = Augment(crop=Crop(size=SIZE, scale=(0.35, 1.0), ratio=(0.75, 1.3333)))
+        video_device = DeviceStage(mode="video", views=[view], mask=TubeMask(0.9))
+        stages = [decode_clips(num_frames=CLIP_FRAMES, stride=STRIDE, clips=2, size=(SIZE, 298), backend="decord"),
+                  crop_clips(crop=view.crop)]
+        # one pass: 2 clips from each video for ours, each video read twice (a clip per read) for the baseline
+        results["video ours"] = ours(idx["video"], stages, video_device, device, 8, w, 1,
+                                     lambda b: b["video"].batch_size)
+        base = loader(VideoMAEClips(videos, repeats=2), 16, w)
+        results["video baseline"] = timed(base, lambda b: b.shape[0])
+        print(f"video clips/s: ours {results['video ours']:.1f}, baseline {results['video baseline']:.1f}",
+              flush=True)
 
-    # images: BYOL view augmentations
-    strong = Augment(crop=Crop(size=SIZE, scale=(0.08, 1.0)), jitter=0.8, grayscale=0.2, blur=0.5, solarize=0.2)
-    image_device = DeviceStage(mode="image", views=[strong])
-    stages = [decode_images(), crop_images(crops=[strong.crop])]
-    results["image ours"] = ours(idx["image"], stages, image_device, device, 64, w, 2,
-                                 lambda b: b["image"].batch_size)
-    from torchvision.datasets import ImageFolder
+    if "image" in kinds:
+        # images: BYOL view augmentations
+        strong = Augment(crop=Crop(size=SIZE, scale=(0.08, 1.0)), jitter=0.8, grayscale=0.2, blur=0.5,
+                         solarize=0.2)
+        image_device = DeviceStage(mode="image", views=[strong])
+        stages = [decode_images(), crop_images(crops=[strong.crop])]
+        results["image ours"] = ours(idx["image"], stages, image_device, device, 64, w, 2,
+                                     lambda b: b["image"].batch_size)
+        from torchvision.datasets import ImageFolder
 
-    base = loader(ImageFolder(str(root / "media" / "image"), transform=byol_transforms()), 64, w)
-    results["image baseline"] = timed(epochs(base, 2), lambda b: b[0].shape[0])
-    print(f"images/s: ours {results['image ours']:.1f}, baseline {results['image baseline']:.1f}", flush=True)
+        base = loader(ImageFolder(str(root / "media" / "image"), transform=byol_transforms()), 64, w)
+        results["image baseline"] = timed(epochs(base, 2), lambda b: b[0].shape[0])
+        print(f"images/s: ours {results['image ours']:.1f}, baseline {results['image baseline']:.1f}",
+              flush=True)
 
-    # spectrograms
-    audio_device = DeviceStage(mode="audio", fbank=Fbank())
-    results["audio ours"] = ours(idx["audio"], [decode_audio(seconds=10.0)], audio_device, device, 32, w, 2,
-                                 lambda b: b["audio"].batch_size)
-    results["audio baseline"] = timed(epochs(loader(KaldiClips(clips), 32, w), 2), lambda b: b.shape[0])
+    if "audio" in kinds:
+        # spectrograms
+        audio_device = DeviceStage(mode="audio", fbank=Fbank())
+        results["audio ours"] = ours(idx["audio"], [decode_audio(seconds=10.0)], audio_device, device, 32, w, 2,
+                                     lambda b: b["audio"].batch_size)
+        results["audio baseline"] = timed(epochs(loader(KaldiClips(clips), 32, w), 2), lambda b: b.shape[0])
 
-    if cuda:
+    if cuda and not args.only:
         gpu_paths(results, idx, w, Augment, Crop, DeviceStage, decode_images, decode_clips, view, strong, device)
 
     for name, value in results.items():
         print(f"{name:>24}: {value:9.1f} /s")
-    for what, target in (("video", 2.0), ("image", 1.5), ("audio", None)):
+    for what, target in [(k, {"video": 2.0, "image": 1.5}.get(k)) for k in kinds]:
         ratio = results[f"{what} ours"] / results[f"{what} baseline"]
         goal = f" (target >= {target})" if target else ""
         print(f"{what} ratio ours/baseline: {ratio:.2f}{goal}")

@@ -29,6 +29,9 @@ from recipes.synthetic import SyntheticVideos, write_dataset
 __all__ = ["quickstart", "CONFIG"]
 
 CONFIG = "siammae_quickstart"
+# Fast objects and a panning camera: a model that copies from the same place in the past frame does badly, one
+# that finds where things went does well (and so does propagation).
+DATA = SyntheticVideos(size=96, frames=24, objects=3, speed=4.0, pan=2.0)
 # Propagation on the 96x96 held-out frames (a 12x12 feature grid): CRW's settings, radius in feature cells.
 EVAL_SETTINGS = ("topk=10", "context=20", "radius=6", "temperature=0.05")
 
@@ -48,7 +51,7 @@ def quickstart(out: str | Path = "quickstart", *, data: str | Path | None = None
     davis = Path(eval_data) if eval_data else None
     if data is None or davis is None:
         synth_videos, synth_davis = write_dataset(out / "data", train=videos, val=4,
-                                                  cfg=SyntheticVideos(size=96, frames=24))
+                                                  cfg=DATA)
         data = data or synth_videos
         davis = davis or synth_davis
     shards = out / "shards"

@@ -52,32 +52,41 @@ class SyntheticVideos:
         frames: frames per video.
         objects: moving objects per video.
         seed: master seed; video i uses seed + i.
+        flicker: amplitude of a per-frame lighting change (gain 1 +- flicker and a colour cast), so that
+            matching raw colours across frames is not enough to track.
+        noise: std of per-pixel Gaussian noise (in [0, 1] units) added to every frame.
+        speed: largest object speed in pixels per frame.
+        pan: largest camera pan in pixels per frame.
     """
 
     size: int = 96
     frames: int = 24
     objects: int = 2
     seed: int = 0
+    flicker: float = 0.0
+    noise: float = 0.0
+    speed: float = 2.5
+    pan: float = 1.0
 
 
 def render_sequence(cfg: SyntheticVideos, index: int) -> tuple[np.ndarray, np.ndarray]:
     """Frames (T, H, W, 3) uint8 and instance masks (T, H, W) uint8 (0 = background, 1..K objects)."""
     rng = np.random.default_rng(cfg.seed * 100_003 + index)
     s = cfg.size
-    margin = s // 2
+    margin = int(cfg.pan * cfg.frames / 2) + 1  # room for the pan: the background is larger than the frame
     background = _texture(rng, s + 2 * margin, s + 2 * margin)  # larger: the camera pans over it
-    pan = rng.uniform(-1.0, 1.0, 2)
+    pan = rng.uniform(-cfg.pan, cfg.pan, 2)
     objects = []
     for k in range(cfg.objects):
         radius = rng.uniform(0.12, 0.22) * s
-        objects.append(dict(pos=rng.uniform(radius, s - radius, 2), vel=rng.uniform(-2.5, 2.5, 2), r=radius,
+        objects.append(dict(pos=rng.uniform(radius, s - radius, 2), vel=rng.uniform(-cfg.speed, cfg.speed, 2), r=radius,
                             aspect=rng.uniform(0.6, 1.4), square=bool(rng.random() < 0.5),
                             tex=_texture(rng, s, s), id=k + 1))
     frames = np.zeros((cfg.frames, s, s, 3), np.uint8)
     masks = np.zeros((cfg.frames, s, s), np.uint8)
     y, x = np.mgrid[0:s, 0:s]
     for t in range(cfg.frames):
-        off = np.clip(margin + pan * t, 0, 2 * margin).astype(int)
+        off = np.clip(margin + pan * (t - cfg.frames / 2), 0, 2 * margin).astype(int)
         img = background[off[0]:off[0] + s, off[1]:off[1] + s].copy()
         mask = np.zeros((s, s), np.uint8)
         for ob in objects:  # later objects are in front: occlusion
@@ -93,7 +102,11 @@ def render_sequence(cfg: SyntheticVideos, index: int) -> tuple[np.ndarray, np.nd
             for a in range(2):  # bounce off the borders
                 if not ob["r"] <= ob["pos"][a] <= s - ob["r"]:
                     ob["vel"][a] *= -1
-        frames[t] = (img * 255).astype(np.uint8)
+        if cfg.flicker:  # lighting: a random gain per frame and a small colour cast, like auto-exposure
+            img = img * (1 + cfg.flicker * rng.uniform(-1, 1)) + cfg.flicker * 0.3 * rng.uniform(-1, 1, 3)
+        if cfg.noise:
+            img = img + rng.normal(0, cfg.noise, img.shape)
+        frames[t] = (np.clip(img, 0, 1) * 255).astype(np.uint8)
         masks[t] = mask
     return frames, masks
 
