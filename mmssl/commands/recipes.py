@@ -56,6 +56,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
             ev = sub.add_parser("eval", help="evaluate a video encoder (label propagation)")
             add_propagation_parser(ev.add_subparsers(dest="eval_command", metavar="EVAL", required=True))
+        if modality == "audio":  # speech encoders are judged by linear probes: `mmssl audio eval speaker|phone`
+            from mmssl.commands.speech import add_speech_parsers
+
+            ev = sub.add_parser("eval", help="evaluate a speech encoder (speaker and phone linear probes)")
+            add_speech_parsers(ev.add_subparsers(dest="eval_command", metavar="EVAL", required=True))
     cp = subparsers.add_parser("cp", help="copy a shipped config to edit it")
     cp.add_argument("config", help="config name (e.g. mae_vit_base or image/mae_vit_base) or path")
     cp.add_argument("dest")

@@ -1,0 +1,147 @@
+"""CPC on speech: the encoder's exact 160x downsampling, channel norm, InfoNCE written out, negatives, the
+same-speaker loader, and the configs through the recipe."""
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmssl.config import load_config
+from mmssl.methods.cpc_speech import CPCSpeech, cpc_info_nce, draw_negatives
+from mmssl.models.cpc_audio import CPCAudioEncoder, ChannelNorm, output_length
+from pipelines.speakers import SpeakerBatchLoader, speaker_plan
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "eval"))
+from speech_data import speech_shards  # noqa: E402
+
+CONFIGS = Path(__file__).resolve().parents[2] / "recipes" / "configs"
+
+
+def test_encoder_downsamples_exactly_160() -> None:
+    torch.manual_seed(0)
+    enc = CPCAudioEncoder(dim=8, context_dim=4)
+    assert output_length(20480) == 128
+    for frames in (1, 7, 128):
+        z, c = enc(torch.randn(2, 160 * frames))
+        assert z.shape == (2, frames, 8) and c.shape == (2, frames, 4)
+
+
+def test_channel_norm_formula() -> None:
+    torch.manual_seed(0)
+    norm = ChannelNorm(5)
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    x = torch.randn(2, 5, 7)
+    mean = x.mean(1, keepdim=True)
+    var = ((x - mean) ** 2).sum(1, keepdim=True) / (5 - 1)
+    expected = (x - mean) / torch.sqrt(var + 1e-5) * norm.weight + norm.bias
+    torch.testing.assert_close(norm(x), expected)
+
+
+def test_info_nce_positive_at_index_0_matches_formula() -> None:
+    torch.manual_seed(0)
+    b, w, d, m = 2, 3, 4, 5
+    pred, pos, neg = torch.randn(b, w, d), torch.randn(b, w, d), torch.randn(b, m, w, d)
+    loss, acc = cpc_info_nce(pred, pos, neg)
+    total, hits = 0.0, 0
+    for i in range(b):
+        for t in range(w):
+            s = [(pred[i, t] * pos[i, t]).sum() / d] + [(pred[i, t] * neg[i, j, t]).sum() / d for j in range(m)]
+            s = torch.stack(s)
+            total += -(s[0] - torch.logsumexp(s, 0))
+            hits += int(s.argmax() == 0)
+    assert math.isclose(loss.item(), total.item() / (b * w), rel_tol=1e-5)
+    assert math.isclose(acc.item(), hits / (b * w), rel_tol=1e-6)
+
+
+def test_negatives_avoid_the_same_time_and_sequence_mode_stays_in_row() -> None:
+    b, t = 3, 10
+    z = (torch.arange(b)[:, None] * 100 + torch.arange(t)[None]).float()[..., None]  # (B, T, 1) = 100 b + t
+    negs = draw_negatives(z, count=50, window=6, generator=torch.Generator().manual_seed(0))
+    times = negs[..., 0] % 100  # (B, M, W)
+    assert (times != torch.arange(6)[None, None]).all()
+    assert len(set((negs[..., 0] // 100).long().flatten().tolist())) == b  # rows from the whole batch
+    same = draw_negatives(z, count=50, window=6, same_row=True)
+    assert ((same[..., 0] // 100).long() == torch.arange(b)[:, None, None]).all()
+
+
+@pytest.mark.parametrize("predictor", ["linear", "transformer"])
+def test_loss_sums_steps_and_logs_per_step_accuracy(predictor: str) -> None:
+    torch.manual_seed(0)
+    method = CPCSpeech(CPCAudioEncoder(dim=16, context_dim=16, context="lstm"), predict_steps=4, negatives=8,
+                       predictor=predictor, heads=2)
+    out = method({"waveform": torch.randn(3, 160 * 10)})
+    assert sorted(k for k in out.logs if k.startswith("acc_step")) == [f"acc_step{k}" for k in range(1, 5)]
+    torch.manual_seed(1)
+    z, c = method.encoder(torch.randn(3, 1600))
+    torch.manual_seed(2)
+    losses, _ = method.losses(z, c)
+    torch.manual_seed(2)
+    negs = draw_negatives(z, count=8, window=6)
+    manual = sum(cpc_info_nce(p(c[:, :6]), z[:, k:k + 6], negs)[0] for k, p in enumerate(method.predictors, 1))
+    torch.testing.assert_close(losses.sum(), manual)
+    out.loss.backward()
+    assert method.encoder.conv.net[0].weight.grad is not None
+
+
+def test_transformer_predictor_is_causal() -> None:
+    torch.manual_seed(0)
+    method = CPCSpeech(CPCAudioEncoder(dim=8, context_dim=8), predict_steps=2, predictor="transformer", heads=2)
+    c = torch.randn(1, 6, 8)
+    c2 = c.clone()
+    c2[:, 4:] += 1.0
+    p = method.predictors[0]
+    torch.testing.assert_close(p(c)[:, :4], p(c2)[:, :4])
+
+
+def test_speaker_plan_is_one_speaker_per_batch_and_deterministic() -> None:
+    speakers = ["a"] * 7 + ["b"] * 5 + [None] * 2 + ["c"] * 9
+    plan = speaker_plan(speakers, batch_size=3, seed=4, epoch=1)
+    assert plan.shape == (2 + 1 + 3, 3)
+    for row in plan:
+        assert len({speakers[i] for i in row}) == 1
+    assert (plan == speaker_plan(speakers, batch_size=3, seed=4, epoch=1)).all()
+    assert not (plan == speaker_plan(speakers, batch_size=3, seed=4, epoch=2)).all()
+
+
+def test_speaker_loader_batches_hold_one_speaker_for_any_rank_split(tmp_path) -> None:
+    from pipelines.audio import decode_audio
+
+    shards = speech_shards(tmp_path, num_speakers=3, per_speaker=5, seconds=0.05)
+    stages = [decode_audio(samples=640, position="random")]
+    whole = list(SpeakerBatchLoader(str(shards), batch_size=4, stages=stages, seed=3))
+    assert len(whole) == 3
+    for batch in whole:
+        assert len({m["speaker"] for m in batch["json"]}) == 1 and batch["audio"].shape == (4, 640)
+    halves = [list(SpeakerBatchLoader(str(shards), batch_size=4, stages=stages, seed=3, rank=r, world_size=2))
+              for r in range(2)]
+    for b, batch in enumerate(whole):
+        assert batch["__key__"] == halves[0][b]["__key__"] + halves[1][b]["__key__"]
+        torch.testing.assert_close(batch["audio"], torch.cat([halves[0][b]["audio"], halves[1][b]["audio"]]))
+    resumed = SpeakerBatchLoader(str(shards), batch_size=4, stages=stages, seed=3)
+    resumed.load_state_dict({"seed": 3, "epoch": 0, "samples_consumed": 4})
+    assert [b["__key__"] for b in resumed] == [b["__key__"] for b in whole[1:]]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["audio/cpc_tiny", "audio/cpc_speech_paper"])
+def test_configs_run_two_steps(name: str, tmp_path) -> None:
+    from recipes.pretrain import pretrain
+
+    shards = speech_shards(tmp_path, num_speakers=2, per_speaker=2, seconds=1.3)
+    cfg = load_config(CONFIGS / f"{name}.yaml", [f"data.train.source={shards}", "data.train.batch_size=2",
+                                                  "data.train.num_workers=0"])
+    cfg["train"] = {"steps": 2, "log_every": 1, "out_dir": str(tmp_path / "runs"), "progress": False,
+                    "tensorboard": False, "figure_every": -1, "device": "cpu", "name": name.replace("/", "-")}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        summary = pretrain(cfg)
+    finally:
+        torch.set_num_threads(threads)
+    assert summary["steps"] == 2 and math.isfinite(summary["last_loss"])
+    assert Path(summary["checkpoint"]).exists()
