@@ -194,3 +194,11 @@ def test_colorizer_learns_to_colour_and_track(tmp_path) -> None:
     # which this small run does not beat yet (see the report of issue 9)
     assert last < first - 0.3
     assert scores["trained"] > scores["random"] + 0.1
+
+
+def test_tiny_config_runs_two_steps(tmp_path) -> None:
+    from config_runs import two_steps, video_shards
+
+    summary = two_steps("video/colortrack_tiny", video_shards(tmp_path), tmp_path / "runs")
+    assert summary["steps"] == 2 and math.isfinite(summary["last_loss"])
+    assert bool(summary["method"].fitted)
