@@ -1,0 +1,71 @@
+"""Context encoder (Pathak et al. 2016): region masks, the x10 overlap border, loss weights, the one-backward GAN."""
+
+import torch
+import torch.nn.functional as F
+from learning import tiny_encoder, tiny_spec
+from PIL import Image
+
+from mmssl.methods.context_encoder import CentreRegion, ContextEncoder, RandomBlocks, RandomShape, border_weights
+
+SPEC = tiny_spec("image", patch=(8, 8), size=(32, 32))
+
+
+def _tokens(b: int = 2):
+    return SPEC.tokenize(SPEC.normalize(torch.rand(b, 3, 32, 32, generator=torch.Generator().manual_seed(0))))
+
+
+def test_regions_cover_what_they_claim() -> None:
+    centre = CentreRegion(0.5)(2, (32, 32))
+    assert centre[:, :, 8:24, 8:24].all() and centre.sum() == 2 * 16 * 16
+    gen = torch.Generator().manual_seed(0)
+    shape = RandomShape(0.25)(3, (32, 32), generator=gen)
+    assert (shape.flatten(1).sum(1) == 256).all()
+    blocks = RandomBlocks(0.25, block=0.25)(3, (32, 32), generator=gen)
+    cover = blocks.float().flatten(1).mean(1)
+    assert (cover >= 0.25).all() and (cover < 0.25 + 64 / 1024 + 1e-6).all()  # stops at the first block past 1/4
+
+
+def test_border_weights_and_joint_loss() -> None:
+    region = CentreRegion(0.5)(1, (32, 32))
+    hole, w = border_weights(region, overlap=4)
+    assert hole.sum() == 8 * 8 and hole[:, :, 12:20, 12:20].all()
+    assert (w[region & ~hole] == 10).all() and (w[hole] == 1).all() and (w[~region] == 0).all()
+    method = ContextEncoder(tiny_encoder(SPEC, depth=1, dim=32), disc_width=8)
+    assert (method.lambda_rec, method.lambda_adv) == (0.999, 0.001)
+    tokens = _tokens()
+    images = tokens.image()
+    pred = torch.randn_like(images)
+    method.inpaint = lambda x, h: pred
+    out = method({"image": tokens})
+    expected_rec = (w * (pred - images) ** 2).sum() / (region.sum() * 3 * 2)
+    assert torch.allclose(out.logs["rec"], expected_rec, rtol=1e-5)
+    assert torch.allclose(out.logs["loss"], 0.999 * expected_rec + 0.001 * out.logs["adv"], rtol=1e-5)
+
+
+def test_one_backward_gives_each_network_its_own_gradient() -> None:
+    torch.manual_seed(0)
+    method = ContextEncoder(tiny_encoder(SPEC, depth=1, dim=32), disc_width=8)
+    tokens = _tokens()
+    method({"image": tokens}).loss.backward()
+    d_grad = [p.grad.clone() for p in method.discriminator.parameters()]
+    g_grad = method.head.proj.weight.grad.clone()
+    # the discriminator's gradient must be that of its own loss alone (centre region: the same mask again)
+    images = tokens.image()
+    region = method.region(2, (32, 32))
+    hole, _ = border_weights(region, overlap=4)
+    fake = torch.where(region, method.inpaint(images, hole), images).detach()
+    ones = torch.ones(2)
+    loss_d = (F.binary_cross_entropy_with_logits(method.discriminator(images), ones)
+              + F.binary_cross_entropy_with_logits(method.discriminator(fake), 0 * ones))
+    ref = torch.autograd.grad(loss_d, list(method.discriminator.parameters()))
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(d_grad, ref))
+    assert g_grad.abs().sum() > 0
+    l2 = ContextEncoder(tiny_encoder(SPEC, depth=1, dim=32), adversarial=False)
+    assert l2.discriminator is None and set(l2({"image": tokens}).logs) == {"loss", "rec"}
+
+
+def test_inpainting_figure(tmp_path) -> None:
+    joint = ContextEncoder(tiny_encoder(SPEC, depth=1, dim=32), disc_width=8)
+    l2 = ContextEncoder(tiny_encoder(SPEC, depth=1, dim=32), adversarial=False)
+    with Image.open(joint.figure({"image": _tokens()}, tmp_path / "ce.png", l2_only=l2)) as img:
+        assert img.width == 4 * 96
