@@ -96,15 +96,19 @@ class ViTFeatures:
 
 
 class CNNFeatures:
-    """Any module that maps normalised frames (B, 3, H, W) to (B, D, h, w); the stride is measured once."""
+    """Any module that maps normalised frames (B, 3, H, W) to (B, D, h, w); the stride is measured once.
+
+    Modules with a `forward_dense` (such as `CNNEncoder`, whose `forward` returns `Encoded`) are called through it.
+    """
 
     def __init__(self, module: nn.Module, modality: str | Modality = "image", stride: int | None = None) -> None:
         self.module, self.modality = module, get_modality(modality)
+        self.call = getattr(module, "forward_dense", module)
         if stride is None:
             param = next(module.parameters(), None)
-            probe = torch.zeros(1, 3, 64, 64, device=None if param is None else param.device)
+            probe = torch.zeros(2, 3, 64, 64, device=None if param is None else param.device)
             with torch.no_grad():
-                out = module(probe)
+                out = self.call(probe)
             if out.dim() != 4:
                 raise ValueError(f"{type(module).__name__} returns shape {tuple(out.shape)}, not (B, D, h, w)")
             stride = max(1, round(64 / out.shape[-1]))
@@ -112,7 +116,7 @@ class CNNFeatures:
 
     @torch.no_grad()
     def __call__(self, frames: Tensor) -> Tensor:
-        return self.module(self.modality.normalize(frames))
+        return self.call(self.modality.normalize(frames))
 
 
 class PixelFeatures:
@@ -129,4 +133,4 @@ def dense_features(encoder: nn.Module) -> DenseFeatures:
     """The dense adapter of an encoder: `ViTFeatures` for a `TokenEncoder`, else `CNNFeatures`."""
     if isinstance(encoder, TokenEncoder):
         return ViTFeatures(encoder)
-    return CNNFeatures(encoder)
+    return CNNFeatures(encoder, getattr(encoder, "modality", "image"))

@@ -24,3 +24,10 @@ def test_lab_known_values_and_round_trip() -> None:
     assert torch.allclose(rgb_to_lab(red).flatten(), torch.tensor([53.24, 80.09, 67.20]), atol=0.1)
     rgb = torch.rand(2, 3, 8, 8)
     assert torch.allclose(lab_to_rgb(rgb_to_lab(rgb)), rgb, atol=1e-4)
+
+
+def test_cnn_encoder_gives_dense_features_for_propagation() -> None:
+    from mmssl.eval.encoders import dense_features
+
+    feats = dense_features(CNNEncoder("resnet18", output_stride=8).eval())
+    assert feats.stride == 8 and feats(torch.rand(1, 3, 64, 48)).shape == (1, 512, 8, 6)
