@@ -145,22 +145,22 @@ def tone_spectrograms(n: int, *, time: int = 64, freq: int = 32,
 
 def scenes(n: int, *, size: int = 32, stride: int = 4,
            generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """RGB-D scenes with a semantic map: one shape in front of a tilted background plane.
+    """RGB-D scenes with a semantic map: a textured disk (see `textures`) in front of a tilted background plane.
 
-    Returns rgb (n, 3, S, S) in [0, 1], depth (n, 1, S, S) (the shape is nearer the bigger it is), semantic
-    ids (n, S/stride, S/stride) (0 background, 1 + shape class), and labels (n,) the shape class.
+    Returns rgb (n, 3, S, S) in [0, 1], depth (n, 1, S, S) (the disk is nearer the bigger it is), semantic ids
+    (n, S/stride, S/stride) (0 background, 1 + texture class), and labels (n,) the texture class.
     """
-    labels = torch.randint(0, NUM_SHAPES, (n,), generator=generator)
-    radii = size * (0.2 + 0.12 * torch.rand(n, generator=generator))
+    tex, labels = textures(n, size=size, generator=generator)
+    radii = size * (0.3 + 0.15 * torch.rand(n, generator=generator))
     centres = radii.reshape(-1, 1) + torch.rand(n, 2, generator=generator) * (size - 2 * radii.reshape(-1, 1))
-    mask = shape_masks(labels, centres, radii, size)  # (n, S, S)
-    fg, bg = _colours(n, generator)
-    rgb = (bg + (fg - bg) * mask.unsqueeze(1)).clamp(0, 1)
+    mask = shape_masks(torch.ones_like(labels), centres, radii, size)  # (n, S, S) disks
+    bg = torch.rand(n, 3, 1, 1, generator=generator) * 0.5 + 0.25
+    rgb = bg + (tex - bg) * mask.unsqueeze(1)
     ramp = torch.linspace(0, 1, size).reshape(1, -1, 1)  # background recedes towards the top
     tilt = 0.5 + torch.rand(n, 1, 1, generator=generator)
-    far = 4.0 + tilt * (1 - ramp)  # (n, S, 1) -> broadcast over columns
+    far = 4.0 + tilt * (1 - ramp)  # (n, S, 1), broadcast over columns
     near = (3.0 - radii / size * 4).reshape(-1, 1, 1)
     depth = (far + (near - far) * mask).unsqueeze(1)  # (n, 1, S, S)
     coarse = mask[:, stride // 2::stride, stride // 2::stride] > 0.5  # (n, S/stride, S/stride) sampled at centres
     semseg = torch.where(coarse, labels.reshape(-1, 1, 1) + 1, torch.zeros_like(coarse, dtype=torch.long))
-    return rgb, depth, semseg, labels
+    return rgb.clamp(0, 1), depth, semseg, labels
