@@ -28,7 +28,7 @@ from pipelines.sample import Sample
 from pipelines.shards import ShardList, resolve_shards
 from pipelines.stats import LoaderStats
 
-__all__ = ["StreamLoader"]
+__all__ = ["StreamLoader", "worker_batches"]
 
 log = logging.getLogger("pipelines.loader")
 
@@ -111,6 +111,32 @@ class _Epoch(IterableDataset):
                 yield sample
 
 
+def worker_batches(data: IterableDataset, *, num_workers: int, start_method: str | None, prefetch_factor: int,
+                   pin_memory: bool, seed: int) -> Iterator[tuple[dict, float]]:
+    """Batches of `data` through a DataLoader (worker processes when asked), each with the seconds waited for it.
+
+    Workers start with fork, or forkserver once CUDA is initialised (fork after CUDA initialisation can hang),
+    unless `start_method` says otherwise.
+    """
+    kwargs: dict[str, Any] = {}
+    if num_workers:
+        context = start_method or ("forkserver" if torch.cuda.is_available() and torch.cuda.is_initialized()
+                                   else "fork")
+        kwargs = dict(multiprocessing_context=multiprocessing.get_context(context), prefetch_factor=prefetch_factor)
+    # a private generator: creating the iterator must not draw from the global torch RNG, or a resumed run
+    # (which restores that RNG) would diverge from an uninterrupted one
+    loader = DataLoader(data, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
+                        generator=torch.Generator().manual_seed(seed), **kwargs)
+    it = iter(loader)
+    while True:
+        t0 = time.perf_counter()
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        yield batch, time.perf_counter() - t0
+
+
 class StreamLoader:
     """Iterates batches of one rank, epoch after epoch, from tar shards.
 
@@ -174,11 +200,6 @@ class StreamLoader:
         return EpochOrder(self.shards.counts, seed=self.seed, epoch=self.epoch, window=self.shuffle_window,
                           shuffle_shards=self.shuffle_shards)
 
-    def _context(self) -> str:
-        if self.start_method:
-            return self.start_method
-        return "forkserver" if torch.cuda.is_available() and torch.cuda.is_initialized() else "fork"
-
     def __iter__(self) -> Iterator[dict]:
         """Batches for the rest of the current epoch; the next call starts the next epoch."""
         if len(self) <= 0:
@@ -186,24 +207,12 @@ class StreamLoader:
         data = _Epoch(self.shards, self._order(), self.stages, global_batch=self.batch_size, rank=self.rank,
                       world=self.world_size, start=self.samples_consumed // self.batch_size,
                       drop_last=self.drop_last, seed=self.seed)
-        kwargs: dict[str, Any] = {}
-        if self.num_workers:
-            kwargs = dict(multiprocessing_context=multiprocessing.get_context(self._context()),
-                          prefetch_factor=self.prefetch_factor)
-        # a private generator: creating the iterator must not draw from the global torch RNG, or a resumed run
-        # (which restores that RNG) would diverge from an uninterrupted one
-        loader = DataLoader(data, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
-                            generator=torch.Generator().manual_seed(self.seed), **kwargs)
         if self.samples_consumed == 0:
             self.stats.reset()
-        it = iter(loader)
-        while True:
-            t0 = time.perf_counter()
-            try:
-                batch = next(it)
-            except StopIteration:
-                break
-            self.stats.seconds["wait"] += time.perf_counter() - t0
+        for batch, waited in worker_batches(data, num_workers=self.num_workers, start_method=self.start_method,
+                                            prefetch_factor=self.prefetch_factor, pin_memory=self.pin_memory,
+                                            seed=self.seed):
+            self.stats.seconds["wait"] += waited
             self.stats.add(batch)
             self.samples_consumed += self.batch_size
             yield batch

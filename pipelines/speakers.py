@@ -16,7 +16,6 @@ could not change which samples a StreamLoader batch holds):
 from __future__ import annotations
 
 import json
-import multiprocessing
 import tarfile
 import time
 from collections import defaultdict
@@ -24,9 +23,10 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset, get_worker_info
 
 from pipelines.collate import collate
+from pipelines.loader import worker_batches
 from pipelines.meta import parse_meta
 from pipelines.order import EpochOrder
 from pipelines.reader import ReadTimer, read_stream
@@ -179,25 +179,12 @@ class SpeakerBatchLoader:
             self.epoch, self.samples_consumed = self.epoch + 1, 0
         data = _SpeakerEpoch(self.shards, self._plan(), self.stages, rank=self.rank, world=self.world_size,
                              start=self.samples_consumed // self.batch_size, seed=self.seed, epoch=self.epoch)
-        kwargs: dict[str, Any] = {}
-        if self.num_workers:
-            context = self.start_method or (
-                "forkserver" if torch.cuda.is_available() and torch.cuda.is_initialized() else "fork")
-            kwargs = dict(multiprocessing_context=multiprocessing.get_context(context),
-                          prefetch_factor=self.prefetch_factor)
-        # a private generator, so building the iterator leaves the global torch RNG alone (resume stays exact)
-        loader = DataLoader(data, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
-                            generator=torch.Generator().manual_seed(self.seed), **kwargs)
         if self.samples_consumed == 0:
             self.stats.reset()
-        it = iter(loader)
-        while True:
-            t0 = time.perf_counter()
-            try:
-                batch = next(it)
-            except StopIteration:
-                break
-            self.stats.seconds["wait"] += time.perf_counter() - t0
+        for batch, waited in worker_batches(data, num_workers=self.num_workers, start_method=self.start_method,
+                                            prefetch_factor=self.prefetch_factor, pin_memory=self.pin_memory,
+                                            seed=self.seed):
+            self.stats.seconds["wait"] += waited
             self.stats.add(batch)
             self.samples_consumed += self.batch_size
             yield batch
