@@ -1,0 +1,30 @@
+"""The masked-modeling tiny configs train 2 steps through the recipe on shards made here (data sections included)."""
+
+import math
+from pathlib import Path
+
+import pytest
+
+from config_runs import image_shards, two_steps, video_shards  # noqa: E402  (tests/methods/config_runs.py)
+from media import make_audio  # noqa: E402
+from pipelines.sharding.tool import ShardOptions, run_sharding
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("masked")
+    (root / "audio").mkdir()
+    for i in range(6):
+        make_audio(root / "audio" / f"t{i}.flac", seconds=3.0, freq=200 + 80 * i)
+    run_sharding(root / "audio", root / "audio_shards", ShardOptions(modality="audio", samples_per_shard=3),
+                 progress=False)
+    return {"image": image_shards(root), "video": video_shards(root, count=4), "audio": root / "audio_shards"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,kind", [("image/mae_tiny", "image"), ("image/dae_tiny", "image"),
+                                       ("video/videomae_tiny", "video"), ("video/siammae_tiny", "video"),
+                                       ("audio/audiomae_tiny", "audio")])
+def test_tiny_config_runs_two_steps(shards, tmp_path, name: str, kind: str) -> None:
+    summary = two_steps(name, shards[kind], tmp_path, batch_size=2)
+    assert summary["steps"] == 2 and math.isfinite(summary["last_loss"])
