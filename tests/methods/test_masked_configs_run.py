@@ -28,3 +28,10 @@ def shards(tmp_path_factory) -> dict[str, Path]:
 def test_tiny_config_runs_two_steps(shards, tmp_path, name: str, kind: str) -> None:
     summary = two_steps(name, shards[kind], tmp_path, batch_size=2)
     assert summary["steps"] == 2 and math.isfinite(summary["last_loss"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["image/colorization_tiny", "image/splitbrain_tiny", "image/context_encoder_tiny"])
+def test_colour_and_inpainting_configs_run_two_steps(shards, tmp_path, name: str) -> None:
+    summary = two_steps(name, shards["image"], tmp_path, batch_size=2)
+    assert summary["steps"] == 2 and math.isfinite(summary["last_loss"])
