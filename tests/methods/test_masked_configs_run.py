@@ -35,3 +35,24 @@ def test_tiny_config_runs_two_steps(shards, tmp_path, name: str, kind: str) -> N
 def test_colour_and_inpainting_configs_run_two_steps(shards, tmp_path, name: str) -> None:
     summary = two_steps(name, shards["image"], tmp_path, batch_size=2)
     assert summary["steps"] == 2 and math.isfinite(summary["last_loss"])
+
+
+@pytest.mark.slow
+def test_multimae_tiny_runs_two_steps_on_rgb_depth_semseg_shards(tmp_path) -> None:
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from media import encode_png16, make_image
+
+    rows = []
+    for i in range(4):
+        make_image(tmp_path / f"rgb{i}.jpg", width=240, height=232, seed=i)
+        (tmp_path / f"d{i}.png").write_bytes(encode_png16(np.full((232, 240), 1000 * (i + 1), np.uint16)))
+        Image.fromarray((np.arange(232 * 240).reshape(232, 240) % 7).astype(np.uint8)).save(tmp_path / f"s{i}.png")
+        rows.append({"path": f"rgb{i}.jpg", "depth": f"d{i}.png", "semseg": f"s{i}.png"})
+    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    run_sharding(tmp_path / "m.jsonl", tmp_path / "shards", ShardOptions(modality="multimodal"), progress=False)
+    summary = two_steps("multimodal/multimae_tiny", tmp_path / "shards", tmp_path / "runs", batch_size=2)
+    assert summary["steps"] == 2 and math.isfinite(summary["last_loss"])
