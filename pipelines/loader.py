@@ -28,7 +28,7 @@ from pipelines.sample import Sample
 from pipelines.shards import ShardList, resolve_shards
 from pipelines.stats import LoaderStats
 
-__all__ = ["StreamLoader", "worker_batches"]
+__all__ = ["StreamLoader", "worker_batches", "run_epoch"]
 
 log = logging.getLogger("pipelines.loader")
 
@@ -137,6 +137,26 @@ def worker_batches(data: IterableDataset, *, num_workers: int, start_method: str
         yield batch, time.perf_counter() - t0
 
 
+def run_epoch(loader: Any, data: IterableDataset) -> Iterator[dict]:
+    """One epoch of `data` with a StreamLoader's bookkeeping: stats, stream position, epoch counter.
+
+    `loader` is a StreamLoader or a loader with the same fields (stats, samples_consumed, batch_size, epoch, and
+    the worker settings).
+    """
+    if loader.samples_consumed == 0:
+        loader.stats.reset()
+    for batch, waited in worker_batches(data, num_workers=loader.num_workers, start_method=loader.start_method,
+                                        prefetch_factor=loader.prefetch_factor, pin_memory=loader.pin_memory,
+                                        seed=loader.seed):
+        loader.stats.seconds["wait"] += waited
+        loader.stats.add(batch)
+        loader.samples_consumed += loader.batch_size
+        yield batch
+    if len(loader) <= 0:
+        log.info("epoch %d: %s", loader.epoch, loader.stats.summary())
+        loader.epoch, loader.samples_consumed = loader.epoch + 1, 0
+
+
 class StreamLoader:
     """Iterates batches of one rank, epoch after epoch, from tar shards.
 
@@ -207,15 +227,4 @@ class StreamLoader:
         data = _Epoch(self.shards, self._order(), self.stages, global_batch=self.batch_size, rank=self.rank,
                       world=self.world_size, start=self.samples_consumed // self.batch_size,
                       drop_last=self.drop_last, seed=self.seed)
-        if self.samples_consumed == 0:
-            self.stats.reset()
-        for batch, waited in worker_batches(data, num_workers=self.num_workers, start_method=self.start_method,
-                                            prefetch_factor=self.prefetch_factor, pin_memory=self.pin_memory,
-                                            seed=self.seed):
-            self.stats.seconds["wait"] += waited
-            self.stats.add(batch)
-            self.samples_consumed += self.batch_size
-            yield batch
-        if len(self) <= 0:
-            log.info("epoch %d: %s", self.epoch, self.stats.summary())
-            self.epoch, self.samples_consumed = self.epoch + 1, 0
+        yield from run_epoch(self, data)

@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from pipelines.collate import collate
-from pipelines.loader import worker_batches
+from pipelines.loader import run_epoch
 from pipelines.meta import parse_meta
 from pipelines.order import EpochOrder
 from pipelines.reader import ReadTimer, read_stream
@@ -179,14 +179,4 @@ class SpeakerBatchLoader:
             self.epoch, self.samples_consumed = self.epoch + 1, 0
         data = _SpeakerEpoch(self.shards, self._plan(), self.stages, rank=self.rank, world=self.world_size,
                              start=self.samples_consumed // self.batch_size, seed=self.seed, epoch=self.epoch)
-        if self.samples_consumed == 0:
-            self.stats.reset()
-        for batch, waited in worker_batches(data, num_workers=self.num_workers, start_method=self.start_method,
-                                            prefetch_factor=self.prefetch_factor, pin_memory=self.pin_memory,
-                                            seed=self.seed):
-            self.stats.seconds["wait"] += waited
-            self.stats.add(batch)
-            self.samples_consumed += self.batch_size
-            yield batch
-        if len(self) <= 0:
-            self.epoch, self.samples_consumed = self.epoch + 1, 0
+        yield from run_epoch(self, data)
