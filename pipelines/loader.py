@@ -28,7 +28,7 @@ from pipelines.sample import Sample
 from pipelines.shards import ShardList, resolve_shards
 from pipelines.stats import LoaderStats
 
-__all__ = ["StreamLoader", "worker_batches", "run_epoch"]
+__all__ = ["StreamLoader", "worker_batches", "run_epoch", "stream_position", "restore_position"]
 
 log = logging.getLogger("pipelines.loader")
 
@@ -137,6 +137,19 @@ def worker_batches(data: IterableDataset, *, num_workers: int, start_method: str
         yield batch, time.perf_counter() - t0
 
 
+def stream_position(loader: Any) -> dict[str, int]:
+    """{seed, epoch, samples_consumed} of a loader: all an exact resume needs."""
+    return {"seed": loader.seed, "epoch": loader.epoch, "samples_consumed": loader.samples_consumed}
+
+
+def restore_position(loader: Any, state: dict[str, int]) -> None:
+    """Sets a loader back to a saved `stream_position`; the global batch size must be the one saved with."""
+    if state["samples_consumed"] % loader.batch_size:
+        raise ValueError(f"samples_consumed {state['samples_consumed']} is not a multiple of the global "
+                         f"batch size {loader.batch_size}; resume with the batch size the run was saved with")
+    loader.seed, loader.epoch, loader.samples_consumed = state["seed"], state["epoch"], state["samples_consumed"]
+
+
 def run_epoch(loader: Any, data: IterableDataset) -> Iterator[dict]:
     """One epoch of `data` with a StreamLoader's bookkeeping: stats, stream position, epoch counter.
 
@@ -208,13 +221,10 @@ class StreamLoader:
 
     def state_dict(self) -> dict[str, int]:
         """The stream position: restoring it continues exactly (any world size or worker count)."""
-        return {"seed": self.seed, "epoch": self.epoch, "samples_consumed": self.samples_consumed}
+        return stream_position(self)
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        if state["samples_consumed"] % self.batch_size:
-            raise ValueError(f"samples_consumed {state['samples_consumed']} is not a multiple of the global "
-                             f"batch size {self.batch_size}; resume with the batch size the run was saved with")
-        self.seed, self.epoch, self.samples_consumed = state["seed"], state["epoch"], state["samples_consumed"]
+        restore_position(self, state)
 
     def _order(self) -> EpochOrder:
         return EpochOrder(self.shards.counts, seed=self.seed, epoch=self.epoch, window=self.shuffle_window,

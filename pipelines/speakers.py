@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from pipelines.collate import collate
-from pipelines.loader import run_epoch
+from pipelines.loader import restore_position, run_epoch, stream_position
 from pipelines.meta import parse_meta
 from pipelines.order import EpochOrder
 from pipelines.reader import ReadTimer, read_stream
@@ -165,13 +165,10 @@ class SpeakerBatchLoader:
 
     def state_dict(self) -> dict[str, int]:
         """The stream position: restoring it continues exactly (any world size or worker count)."""
-        return {"seed": self.seed, "epoch": self.epoch, "samples_consumed": self.samples_consumed}
+        return stream_position(self)
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        if state["samples_consumed"] % self.batch_size:
-            raise ValueError(f"samples_consumed {state['samples_consumed']} is not a multiple of the global "
-                             f"batch size {self.batch_size}; resume with the batch size the run was saved with")
-        self.seed, self.epoch, self.samples_consumed = state["seed"], state["epoch"], state["samples_consumed"]
+        restore_position(self, state)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         """Batches for the rest of the current epoch; the next call starts the next epoch."""
