@@ -20,7 +20,7 @@ from torch import Tensor
 from mmssl.modalities import Modality
 from mmssl.tokens import Tokens, unpatchify
 
-__all__ = ["Row", "rows_from_tokens", "save_reconstruction"]
+__all__ = ["Row", "rows_from_tokens", "save_reconstruction", "masked_reconstruction_figure"]
 
 GREY = 0.5  # shade of hidden patches
 SPECTROGRAMS = ("audio",)  # modalities drawn as spectrograms: (time, frequency) grids, frequency upwards
@@ -165,3 +165,19 @@ def rows_from_tokens(tokens: Tokens, prediction: Tensor, *, modality: Modality, 
                 target=None if target is None else target[i].detach().float().cpu(),
                 seen=None if seen is None else seen[i].detach().float().cpu(), spectrogram=spectrogram)
             for i in range(min(samples, tokens.batch_size))]
+
+
+@torch.no_grad()
+def masked_reconstruction_figure(method, batch: dict, path: str | Path, *, samples: int = 4) -> Path:
+    """The figure of a masked autoencoder with `masked`, `predict`, `target` and `norm_pix_loss` (MAE, Audio-MAE).
+
+    Normalised-pixel predictions are mapped back with each patch's own statistics, so the figure shows pixels.
+    """
+    from mmssl.losses import from_norm_pix  # here, not at import: losses has no need of figures
+
+    tokens = method.masked(batch[method.modality.name])
+    pred = method.predict(tokens)
+    shown = from_norm_pix(pred, tokens.patches) if method.norm_pix_loss else pred
+    target = method.target(tokens) if method.norm_pix_loss else None
+    rows = rows_from_tokens(tokens, shown, modality=method.modality, target=target, samples=samples)
+    return save_reconstruction(rows, path)

@@ -20,8 +20,8 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from mmssl.figures import rows_from_tokens, save_reconstruction
-from mmssl.losses import from_norm_pix, masked_mse, norm_pix_target
+from mmssl.figures import masked_reconstruction_figure
+from mmssl.losses import masked_mse, norm_pix_target
 from mmssl.methods.output import Output
 from mmssl.models import SelfAttentionDecoder, TokenEncoder, WindowDecoder
 from mmssl.tokens import RandomMask, Tokens
@@ -88,9 +88,4 @@ class AudioMAE(nn.Module):
     @torch.no_grad()
     def figure(self, batch: dict, path: str | Path, *, samples: int = 4) -> Path:
         """Writes a PNG of spectrogram reconstructions (time across, frequency up) of the first `samples` clips."""
-        tokens = self.masked(batch[self.modality.name])
-        pred = self.predict(tokens)
-        shown = from_norm_pix(pred, tokens.patches) if self.norm_pix_loss else pred
-        target = self.target(tokens) if self.norm_pix_loss else None
-        rows = rows_from_tokens(tokens, shown, modality=self.modality, target=target, samples=samples)
-        return save_reconstruction(rows, path)
+        return masked_reconstruction_figure(self, batch, path, samples=samples)
