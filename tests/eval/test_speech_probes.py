@@ -10,7 +10,7 @@ import torch
 from mmssl.eval.speech import cpc_frames, encode_labels, mfcc_frames
 from mmssl.models.cpc_audio import CPCAudioEncoder
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.append(str(Path(__file__).resolve().parent))  # speech_data; appended, not to shadow other helpers
 from speech_data import speech_shards  # noqa: E402
 
 

@@ -14,7 +14,7 @@ from mmssl.methods.cpc_speech import CPCSpeech, cpc_info_nce, draw_negatives
 from mmssl.models.cpc_audio import CPCAudioEncoder, ChannelNorm, output_length
 from pipelines.speakers import SpeakerBatchLoader, speaker_plan
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "eval"))
+sys.path.append(str(Path(__file__).resolve().parents[1] / "eval"))  # speech_data; appended, so tests/methods/synthetic.py keeps its name
 from speech_data import speech_shards  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[2] / "recipes" / "configs"
