@@ -7,11 +7,13 @@ per-sample parameters (`pipelines.augment`), the modality spec normalises and pa
 sample from `sample_generator(seed, epoch, key, "mask")` on the CPU, so the batch is the same on every device and
 for every batch composition. Repeated sampling's k clips are folded into the batch (labels and keys repeated).
 The output keys are those `mmssl.methods` documents: `image`/`video`/`audio`/`depth`/`semseg`, `frames`, `views`,
-`label`, `key` (and `waveform` for raw-audio methods).
+`label`, `key`, `ids` ((seed, epoch, key) per row, for methods that draw their own per-sample randomness, e.g.
+jigsaw puzzles, through `pipelines.rng`) (and `waveform` for raw-audio methods).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
@@ -121,8 +123,10 @@ class DeviceStage:
         sizes = [tuple(s) for s in batch["video_size"].tolist() for _ in range(k)]
         views = []
         for aug in self.views:
-            cut = batch[f"video.{aug.view}"].to(device, non_blocking=True)  # (B, k, T, 3, h, w) uint8
-            views.append(aug(cut.reshape(b * k, *cut.shape[2:]), ids, sizes=sizes))  # (B*k, T, 3, h, w)
+            cut = batch[f"video.{aug.view}"].to(device, non_blocking=True)  # (B, k, T, h, w, 3) uint8
+            cut = cut.permute(0, 1, 2, 5, 3, 4)  # -> (B, k, T, 3, h, w), a strided view: channels stay last in memory
+            # raw: flip-only views stay uint8 until `_tokens` fuses the cast with the normalisation
+            views.append(aug(cut.reshape(b * k, *cut.shape[2:]), ids, sizes=sizes, raw=True))  # (B*k, T, 3, h, w)
         return self._clip_tokens(batch, views, ids, b, k, device)
 
     def _clip_tokens(self, batch: dict[str, Any], views: list[Tensor], ids: Ids, b: int, k: int,
@@ -130,12 +134,12 @@ class DeviceStage:
         out = self._common(batch, k, device)
         if self.mode == "frames":
             spec = self._spec("image")
-            out["frames"] = [self._tokens(spec, spec.normalize(views[0][:, t]), ids if t == views[0].shape[1] - 1
+            out["frames"] = [self._tokens(spec, views[0][:, t], ids if t == views[0].shape[1] - 1
                                           else None) for t in range(views[0].shape[1])]
             return out
         spec = self._spec("video")
         # (N, T, 3, h, w) -> (N, 3, T, h, w): the video spec patches (time, height, width) tubelets
-        tokens = [self._tokens(spec, spec.normalize(v.permute(0, 2, 1, 3, 4)), ids) for v in views]
+        tokens = [self._tokens(spec, v.permute(0, 2, 1, 3, 4), ids) for v in views]
         self._place(out, "video", tokens)
         if "audio" in batch:  # the clip's own soundtrack (audio-visual methods)
             wave = batch["audio"].to(device).reshape(b * k, -1)  # (B, k, N) -> (B*k, N)
@@ -156,13 +160,13 @@ class DeviceStage:
         fbank = (self.fbank or Fbank()).to(wave.device)
         spec = self._spec("audio")
         feats = fbank(wave, lengths).unsqueeze(1)  # (B, T, F) -> (B, 1, T, F); Fbank already normalised
-        return self._tokens(spec, feats, ids)
+        return self._tokens(spec, feats, ids, normalize=False)
 
     def _image(self, batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
         ids = _ids(batch)
         out = self._common(batch, 1, device)
         spec = self._spec("image")
-        tokens = [self._tokens(spec, spec.normalize(self._view(aug, batch, ids, device)[0]), ids)
+        tokens = [self._tokens(spec, self._view(aug, batch, ids, device)[0], ids)
                   for aug in self.views]
         self._place(out, "image", tokens)
         return out
@@ -173,7 +177,7 @@ class DeviceStage:
         rgb, params = self._view(aug, batch, ids, device)
         out = self._common(batch, 1, device)
         image, depth, semseg = (self._spec(n) for n in ("image", "depth", "semseg"))
-        out["image"] = self._tokens(image, image.normalize(rgb), None)
+        out["image"] = self._tokens(image, rgb, None)
         size = tuple(rgb.shape[-2:])
         for name, spec in (("depth", depth), ("semseg", semseg)):
             if f"{name}.{aug.view}" in batch:
@@ -191,18 +195,24 @@ class DeviceStage:
             if name == "semseg":
                 out[name] = self._tokens(spec, maps.long(), None)
             else:
-                out[name] = self._tokens(spec, spec.normalize(maps.float().unsqueeze(1)), None)  # (B, 1, h, w)
+                out[name] = self._tokens(spec, maps.float().unsqueeze(1), None)  # (B, 1, h, w)
         return out
 
     # -- shared pieces ------------------------------------------------------------------------------------------
 
     def _view(self, aug: Augment, batch: dict[str, Any], ids: Ids, device: torch.device) -> tuple[Tensor, list]:
-        """One augmented view (B, 3, h, w) in [0, 1] and its parameters, from pre-cut crops, images or bytes."""
+        """One augmented view (B, 3, h, w) and its parameters, from pre-cut crops, images or bytes.
+
+        Float in [0, 1], except pre-cut uint8 crops of a flip-only view, which stay uint8 (see `_tokens`).
+        """
         precut = batch.get(f"image.{aug.view}")
         if precut is not None:
             sizes = batch["image_size"].tolist()
             params = aug.params(ids, sizes)
-            return aug._apply(precut.to(device, non_blocking=True).float() / 255.0, params), params
+            precut = precut.to(device, non_blocking=True)
+            if precut.dtype == torch.uint8 and aug.flip_only:
+                return aug._flip(precut.clone(), params), params
+            return aug._apply(precut.float() / 255.0, params), params
         if "image" in batch:
             images = batch["image"]
             images = [img.to(device, non_blocking=True) for img in images]
@@ -214,8 +224,18 @@ class DeviceStage:
         crops = torch.stack([resized_crop(img, p["box"], _size(aug)) for img, p in zip(images, params)]) / 255.0
         return aug._apply(crops, params), params
 
-    def _tokens(self, spec, x: Tensor, ids: Ids | None) -> Tokens:
-        tokens = spec.tokenize(x)
+    def _tokens(self, spec, x: Tensor, ids: Ids | None, normalize: bool = True) -> Tokens:
+        """Normalised (unless `normalize` is False) and patchified x (B, C, *axes), masked when ids are given.
+
+        uint8 input (0..255) is patchified first and cast afterwards, with the normalisation fused into the
+        cast (`Modality.normalize_patches`): the permuting copy moves bytes instead of floats.
+        """
+        if x.dtype == torch.uint8 and normalize and not spec.categorical and spec.mean is not None:
+            tokens = spec.tokenize(x)
+            tokens = replace(tokens, patches=spec.normalize_patches(tokens.patches))
+        else:
+            x = x.float() / 255.0 if x.dtype == torch.uint8 and not spec.categorical else x
+            tokens = spec.tokenize(spec.normalize(x) if normalize else x)
         if self.pin_dtype is not None:
             tokens = tokens.to(dtype=self.pin_dtype)
         if self.mask is None or ids is None:
@@ -226,7 +246,7 @@ class DeviceStage:
 
     def _common(self, batch: dict[str, Any], repeat: int, device: torch.device) -> dict[str, Any]:
         keys = list(batch["__key__"])
-        out: dict[str, Any] = {"key": [k for k in keys for _ in range(repeat)]}
+        out: dict[str, Any] = {"key": [k for k in keys for _ in range(repeat)], "ids": _ids(batch, repeat)}
         if "cls" in batch and isinstance(batch["cls"], Tensor):
             out["label"] = batch["cls"].to(device).repeat_interleave(repeat)
         return out

@@ -78,6 +78,20 @@ class Modality:
         mean, std = self._stats(x)
         return (x - mean) / std
 
+    def normalize_patches(self, patches: Tensor) -> Tensor:
+        """Float patches from uint8 (0..255) ones (B, N, prod(patch) * C), as `normalize` of x / 255 would give.
+
+        Patches are channel-last, so the per-channel scale and shift are tiled over one patch vector and the whole
+        conversion is one cast and two in-place passes, fused into a single multiply-add per value.
+        """
+        if self.categorical or self.mean is None:
+            raise ValueError(f"modality {self.name!r} has no dataset statistics to normalise uint8 patches with")
+        std = torch.tensor(self.std, dtype=torch.float32, device=patches.device)
+        mean = torch.tensor(self.mean, dtype=torch.float32, device=patches.device)
+        reps = patches.shape[-1] // self.channels
+        scale, shift = (1 / (255 * std)).repeat(reps), (-mean / std).repeat(reps)  # (P,): channel fastest
+        return patches.float().mul_(scale).add_(shift)
+
     def denormalize(self, x: Tensor) -> Tensor:
         """Undoes dataset-statistics normalisation (for figures); other modalities are returned unchanged."""
         if self.categorical or self.mean is None:
