@@ -2,8 +2,9 @@
 
 Makes its own media (H.264 320x240 with a 1 s GOP and B-frames, ~500x375 JPEGs, 10 s FLAC clips), shards it with
 the sharding tool, and measures in one run with the same number of worker processes:
-- video clips/s: ours (decord, only the needed GOPs, 2 clips per decode, FFmpeg-side downscale, crop in the
-  workers, flip/normalise/patchify/tube masks batched on the device) vs a VideoMAE-style loader (a decord VideoReader per clip from the mp4 file, 16 frames at stride 4,
+- video clips/s: ours (decord over the stored bytes, one decode of the needed frames for --repeats clips, uint8
+  crop and flip in the workers, channel-last; patchify, a fused cast + normalise and tube masks batched on the
+  device) vs a VideoMAE-style loader (a decord VideoReader per clip from the mp4 file, 16 frames at stride 4,
   multi-scale crop, resize, to-tensor and normalise frame by frame on PIL images);
 - images/s: ours (libjpeg-turbo decode + crop in workers, flip/jitter/grayscale/blur/solarize batched on the
   device) vs torchvision ImageFolder + DataLoader with the same augmentations per image;
@@ -260,7 +261,7 @@ def main() -> None:
         video_device = DeviceStage(mode="video", views=[view], mask=TubeMask(0.9))
         # one decode feeds --repeats clips at the stored size (decord's own resize costs more than it saves)
         stages = [decode_clips(num_frames=CLIP_FRAMES, stride=STRIDE, clips=args.repeats, backend="decord"),
-                  crop_clips(crop=view.crop)]
+                  crop_clips(view=view)]
         # one pass: --repeats clips from each video for ours, each video read --repeats times (a clip per read) for
         # the baseline
         results["video ours"] = ours(idx["video"], stages, video_device, device, 8, w, 1,

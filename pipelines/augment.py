@@ -124,29 +124,45 @@ def crop_images(*, crops: Sequence[Crop], key: str = "image", maps: Sequence[str
     return guarded(crop, what="crop_images")
 
 
-def crop_clips(*, crop: Crop, key: str = "video") -> Callable[[Iterable[Sample]], Iterator[Sample]]:
+def crop_clips(*, crop: Crop | None = None, view: "Augment | None" = None,
+               key: str = "video") -> Callable[[Iterable[Sample]], Iterator[Sample]]:
     """Worker stage: cuts each clip's crop box from decoded clips (k, T, H, W, 3), the same box on all T frames.
 
     Writes `{key}.{view}` (k, T, h, w, 3) uint8, channel-last like the decoder's frames, and `{key}_size` (H, W),
     and drops the full frames, so the device stage (whose `Augment` of the same view draws the same box under the
-    key "{key}/{j}" of clip j) only flips, normalises and patchifies. Moving the resize here spreads it over the
+    key "{key}/{j}" of clip j) only normalises and patchifies. Moving the resize here spreads it over the
     workers when the device is a CPU; keeping channels last makes the device's patchify copy runs of 3 * 16
     bytes instead of single bytes.
+
+    Args:
+        crop: the view's crop; the device stage then also flips.
+        view: instead of `crop`, the whole `Augment` of the view: its flip is drawn here too (the same draw as on
+            the device) and folded into the copy that makes the crop contiguous, for free; `{key}.{view}.flipped`
+            (k,) records it so the device does not flip again.
+        key: the sample entry holding the decoded clips.
     """
+    if (crop is None) == (view is None):
+        raise ValueError("crop_clips needs exactly one of crop= or view=")
+    crop = view.crop if view is not None else crop
     size = _pair(crop.size)
 
     def cut(sample: Sample) -> Sample:
         clips = sample[key]  # (k, T, H, W, 3) uint8
         h, w = clips.shape[2:4]
         out = {k: v for k, v in sample.items() if k != key}
-        rows = []
+        rows, flips = [], []
         for j in range(clips.shape[0]):
             rng = sample_rng(sample.get("__seed__", 0), sample.get("__epoch__", 0), f"{sample['__key__']}/{j}",
                              crop.view)
+            params = view.draw(rng, h, w) if view is not None else {"box": crop.box(rng, h, w), "flip": False}
             frames = clips[j].permute(0, 3, 1, 2)  # (T, H, W, 3) -> (T, 3, H, W), a view with channels last
-            # (T, 3, h, w) channels-last memory -> (T, h, w, 3) contiguous, no copy
-            rows.append(resized_crop_uint8(frames, crop.box(rng, h, w), size).permute(0, 2, 3, 1).contiguous())
+            # (T, 3, h, w) channels-last memory -> (T, h, w, 3), a view; flip (a copy) or contiguous makes it dense
+            small = resized_crop_uint8(frames, params["box"], size).permute(0, 2, 3, 1)
+            rows.append(small.flip(2) if params["flip"] else small.contiguous())
+            flips.append(bool(params["flip"]))
         out[f"{key}.{crop.view}"], out[f"{key}_size"] = torch.stack(rows), torch.tensor([h, w])
+        if view is not None:
+            out[f"{key}.{crop.view}.flipped"] = torch.tensor(flips)
         return out
 
     return guarded(cut, what="crop_clips")
@@ -246,7 +262,8 @@ class Augment:
         return not (self.jitter or self.grayscale or self.blur or self.solarize)
 
     def __call__(self, images: Tensor | Sequence[Tensor], ids: Sequence[tuple[int, int, str]], *,
-                 sizes: Sequence[Sequence[int]] | None = None, raw: bool = False) -> Tensor:
+                 sizes: Sequence[Sequence[int]] | None = None, raw: bool = False,
+                 flipped: bool = False) -> Tensor:
         """Augments a batch.
 
         Args:
@@ -257,6 +274,7 @@ class Augment:
             raw: with pre-cut uint8 crops and a `flip_only` view, return them flipped and still uint8, so that
                 the conversion to float can be fused with the normalisation after patchify (a third of the
                 memory traffic on the CPU).
+            flipped: the pre-cut crops already carry this view's flips (`crop_clips(view=...)` drew them).
 
         Returns:
             float32 (N, [T,] 3, h, w) in [0, 1] on the images' device (uint8 0..255 in the `raw` case).
@@ -268,8 +286,10 @@ class Augment:
         scale = 1.0 if images[0].is_floating_point() else 1 / 255
         if precut:
             x = torch.stack(list(images)) if not isinstance(images, Tensor) else images
+            if flipped:
+                params = [{**p, "flip": False} for p in params]
             if raw and x.dtype == torch.uint8 and self.flip_only:
-                return self._flip(x.clone(), params)
+                return self._flip(x.clone(), params) if any(p["flip"] for p in params) else x
             return self._apply(x.float() * scale, params)
         size = _pair(self.crop.size)
         x = None

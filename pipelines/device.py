@@ -126,7 +126,9 @@ class DeviceStage:
             cut = batch[f"video.{aug.view}"].to(device, non_blocking=True)  # (B, k, T, h, w, 3) uint8
             cut = cut.permute(0, 1, 2, 5, 3, 4)  # -> (B, k, T, 3, h, w), a strided view: channels stay last in memory
             # raw: flip-only views stay uint8 until `_tokens` fuses the cast with the normalisation
-            views.append(aug(cut.reshape(b * k, *cut.shape[2:]), ids, sizes=sizes, raw=True))  # (B*k, T, 3, h, w)
+            flipped = f"video.{aug.view}.flipped" in batch  # the worker drew and applied the flips
+            views.append(aug(cut.reshape(b * k, *cut.shape[2:]), ids, sizes=sizes, raw=True,
+                             flipped=flipped))  # (B*k, T, 3, h, w)
         return self._clip_tokens(batch, views, ids, b, k, device)
 
     def _clip_tokens(self, batch: dict[str, Any], views: list[Tensor], ids: Ids, b: int, k: int,

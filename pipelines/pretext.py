@@ -2,15 +2,20 @@
 
 These run on whole images (B, C, H, W) on the device, inside the method, after the device stage has cropped,
 normalised and tokenised them (`Tokens.image()` gives the dense batch back). They sit in the data layer because
-they are pure pixel geometry; the methods only choose the random parameters (with torch's RNG, seeded by the
-recipe's `train.seed`, as MAE's own masks are) and call them. Every function takes its random draws as
-arguments, so tests can pin them. References (see REFERENCE.md §1.7–1.9):
+they are pure pixel geometry. Every transform takes its random draws as arguments, so tests can pin them; the
+draws themselves come from `pipelines.rng.sample_rng(seed, epoch, key, what)`, one counter-based generator per
+sample (`batch_ids` reads the (seed, epoch, key) the device stage leaves in `batch["ids"]`), so a sample's tiles,
+permutation or patch pair are the same whichever batch, device or rank it lands in, and a resumed run repeats
+them. References (see REFERENCE.md §1.7–1.9):
 - RotNet (Gidaris et al., ICLR 2018; gidariss/FeatureLearningRotNet `dataloader.py`): every rotated copy of an
   image sits next to the others in the batch, labels 0..R-1; the ablation's 8 rotations are multiples of 45°.
 - Jigsaw (Noroozi & Favaro, ECCV 2016; bbrattoli/JigsawPuzzlePytorch `JigsawImageLoader.py`,
   `select_permutations.py`): a 3x3 grid of cells (75 px at 225 px), a random 64 px crop inside each cell (the
   gap hides edge continuity, the random place is the jitter) resized back to the cell size, each tile
-  standardised on its own; the permutation set is grown greedily to maximise the Hamming distance.
+  standardised on its own; the permutation set is grown greedily to maximise the Hamming distance. Against
+  chromatic aberration the paper trains on grey images 30% of the time and spatially jitters each colour channel
+  of each tile of a colour image by 0, ±1 or ±2 px (the PyTorch port adds a per-channel intensity offset instead,
+  which the per-tile standardisation removes again).
 - Relative position (Doersch et al., ICCV 2015): a centre patch and one of its 8 neighbours on a 3x3 layout with a
   gap between patches and a per-patch jitter; colour projection (remove the green-magenta axis) or colour dropping
   (keep one channel, noise in the others) against chromatic-aberration shortcuts.
@@ -23,16 +28,47 @@ import os
 from itertools import permutations
 from pathlib import Path
 
+from typing import Any, Mapping, Sequence
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["rotate", "all_rotations", "hamming_permutations", "min_hamming", "jigsaw_tiles", "normalize_tiles",
-           "NEIGHBOURS", "patch_pair_boxes", "cut_patches", "project_colour", "drop_colour"]
+from pipelines.rng import sample_rng
+
+__all__ = ["batch_ids", "sample_rngs", "rotate", "all_rotations", "hamming_permutations", "min_hamming",
+           "jigsaw_draws", "to_grey", "jigsaw_tiles", "normalize_tiles", "NEIGHBOURS", "patch_pair_boxes",
+           "cut_patches", "project_colour", "drop_colour"]
+
+Ids = list[tuple[int, int, str]]
+LUMA = (0.299, 0.587, 0.114)  # ITU-R 601 weights, those of PIL's convert("L") that the jigsaw reference uses
 
 # (dy, dx) of the 8 neighbours of the centre slot, in row-major order: the relative-position class ids
 NEIGHBOURS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
+
+
+# -- per-sample randomness ------------------------------------------------------------------------------------
+
+def batch_ids(batch: Mapping[str, Any], n: int) -> Ids:
+    """(seed, epoch, key) of each of the `n` rows of a method batch.
+
+    The device stage leaves them in `batch["ids"]`. A batch made by hand has none: then one number drawn from
+    torch's global RNG names the batch and the rows are keyed by their index, so `torch.manual_seed` still makes
+    the draws repeat.
+    """
+    ids = batch.get("ids")
+    if ids is None:
+        base = int(torch.randint(0, 2**62, (1,)))
+        return [(base, 0, str(i)) for i in range(n)]
+    if len(ids) != n:
+        raise ValueError(f"batch['ids'] has {len(ids)} rows, the images {n}")
+    return [(int(s), int(e), str(k)) for s, e, k in ids]
+
+
+def sample_rngs(ids: Sequence[tuple[int, int, str]], what: str) -> list[np.random.Generator]:
+    """One counter-based generator per row, for the draws named `what` (so two methods' draws never coincide)."""
+    return [sample_rng(s, e, k, what) for s, e, k in ids]
 
 
 # -- rotation ---------------------------------------------------------------------------------------------------
@@ -127,7 +163,42 @@ def hamming_permutations(n: int = 100, *, tiles: int = 9, cache_dir: str | Path 
     return perms
 
 
-def jigsaw_tiles(x: Tensor, offsets: Tensor, *, grid: int = 3, crop: int, size: int | None = None) -> Tensor:
+def jigsaw_draws(rngs: Sequence[np.random.Generator], *, tiles: int, channels: int, slack: int,
+                 num_permutations: int, grey: float = 0.3, channel_jitter: int = 2) -> dict[str, Tensor]:
+    """One puzzle's random draws per generator, in a fixed order (so a sample's puzzle is a function of its rng).
+
+    Args:
+        rngs: one generator per image (`sample_rngs`).
+        tiles: tiles per puzzle (9).
+        channels: image channels.
+        slack: cell side minus crop side: each tile's offset in its cell is uniform in [0, slack].
+        num_permutations: size of the permutation set; the label is uniform over it.
+        grey: chance of turning the whole image grey (0.3 in the paper).
+        channel_jitter: largest shift (px, per axis) of each colour channel of each tile of a colour image (2).
+
+    Returns:
+        `offsets` (B, T, 2), `labels` (B,), `grey` (B,) bool and `shifts` (B, T, C, 2), zero for grey images
+        (shifting identical channels would paint colour fringes on them).
+    """
+    offsets, labels, greys, shifts = [], [], [], []
+    for rng in rngs:
+        offsets.append(rng.integers(0, slack + 1, (tiles, 2)))
+        labels.append(rng.integers(0, num_permutations))
+        greys.append(rng.random() < grey)
+        shift = rng.integers(-channel_jitter, channel_jitter + 1, (tiles, channels, 2))
+        shifts.append(shift * (not greys[-1]))
+    return {"offsets": torch.from_numpy(np.stack(offsets)), "labels": torch.from_numpy(np.array(labels)),
+            "grey": torch.from_numpy(np.array(greys, dtype=bool)), "shifts": torch.from_numpy(np.stack(shifts))}
+
+
+def to_grey(x: Tensor, which: Tensor) -> Tensor:
+    """RGB images (B, 3, H, W) in [0, 1] with the rows where `which` (B,) is True replaced by their luma."""
+    luma = torch.einsum("bchw,c->bhw", x, torch.tensor(LUMA, dtype=x.dtype, device=x.device))  # (B, H, W)
+    return torch.where(which.to(x.device).reshape(-1, 1, 1, 1), luma[:, None].expand_as(x), x)
+
+
+def jigsaw_tiles(x: Tensor, offsets: Tensor, *, grid: int = 3, crop: int, size: int | None = None,
+                 shifts: Tensor | None = None) -> Tensor:
     """Cuts a `grid` x `grid` puzzle from each image: tiles (B, grid*grid, C, size, size) in row-major order.
 
     Args:
@@ -135,6 +206,8 @@ def jigsaw_tiles(x: Tensor, offsets: Tensor, *, grid: int = 3, crop: int, size: 
         offsets: (B, grid*grid, 2) top-left (y, x) of each tile's crop inside its cell, in [0, cell - crop].
         crop: the crop side inside a cell (64 for 75 px cells); cell - crop is the gap and the jitter range.
         size: side the crops are resized to (the cell side by default, as the reference does); `crop` keeps them.
+        shifts: (B, grid*grid, C, 2) extra (y, x) shift of each channel's crop (the chromatic-aberration jitter);
+            pixels it would take from outside the image repeat the edge.
     """
     b, c, h, w = x.shape
     cell = h // grid
@@ -143,15 +216,18 @@ def jigsaw_tiles(x: Tensor, offsets: Tensor, *, grid: int = 3, crop: int, size: 
     if crop > cell:
         raise ValueError(f"tile crop {crop} is larger than the cell {cell}")
     t = grid * grid
+    offsets = offsets.to(x.device)
+    if shifts is None:
+        shifts = torch.zeros(b, t, c, 2, dtype=torch.long, device=x.device)
     cells = torch.arange(t, device=x.device)
-    top = (cells // grid * cell)[None] + offsets[..., 0]  # (B, T)
-    left = (cells % grid * cell)[None] + offsets[..., 1]  # (B, T)
+    corner = torch.stack([cells // grid * cell, cells % grid * cell], -1)[None] + offsets  # (B, T, 2)
+    corner = corner[:, :, None] + shifts.to(x.device)  # (B, T, C, 2): each channel's own crop
     span = torch.arange(crop, device=x.device)
-    rows = (top[..., None] + span)[..., :, None]  # (B, T, crop, 1)
-    cols = (left[..., None] + span)[..., None, :]  # (B, T, 1, crop)
-    batch = torch.arange(b, device=x.device).reshape(b, 1, 1, 1)
-    tiles = x.permute(0, 2, 3, 1)[batch, rows, cols]  # (B, H, W, C) gathered -> (B, T, crop, crop, C)
-    tiles = tiles.permute(0, 1, 4, 2, 3).flatten(0, 1)  # (B, T, crop, crop, C) -> (B*T, C, crop, crop)
+    rows = (corner[..., 0, None] + span).clamp(0, h - 1)[..., :, None]  # (B, T, C, crop, 1)
+    cols = (corner[..., 1, None] + span).clamp(0, w - 1)[..., None, :]  # (B, T, C, 1, crop)
+    batch = torch.arange(b, device=x.device).reshape(b, 1, 1, 1, 1)
+    chan = torch.arange(c, device=x.device).reshape(1, 1, c, 1, 1)
+    tiles = x[batch, chan, rows, cols].flatten(0, 1)  # gathered (B, T, C, crop, crop) -> (B*T, C, crop, crop)
     size = size or cell
     if size != crop:
         tiles = F.interpolate(tiles.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
@@ -168,9 +244,9 @@ def normalize_tiles(tiles: Tensor, eps: float = 1e-5) -> Tensor:
 
 # -- relative position ------------------------------------------------------------------------------------------
 
-def patch_pair_boxes(b: int, *, image: int, patch: int, gap: int, jitter: int, generator: torch.Generator | None = None,
+def patch_pair_boxes(rngs: Sequence[np.random.Generator], *, image: int, patch: int, gap: int, jitter: int,
                      device: torch.device | str = "cpu") -> tuple[Tensor, Tensor, Tensor]:
-    """Draws a centre/neighbour pair per image on Doersch's 3x3 layout.
+    """Draws a centre/neighbour pair per generator (one per image) on Doersch's 3x3 layout.
 
     The layout (slots `patch` apart plus `gap`) is placed uniformly where it fits with its jitter, the neighbour
     slot is one of `NEIGHBOURS`, and each patch moves by its own uniform jitter in [-jitter, jitter] per axis.
@@ -183,15 +259,14 @@ def patch_pair_boxes(b: int, *, image: int, patch: int, gap: int, jitter: int, g
     if extent > image:
         raise ValueError(f"a 3x3 layout of {patch} px patches with gap {gap} and jitter {jitter} needs {extent} px, "
                          f"the image has {image}")
-
-    def randint(high: int, shape: tuple[int, ...]) -> Tensor:
-        return torch.randint(0, high, shape, generator=generator).to(device)
-
-    origin = randint(image - extent + 1, (b, 2)) + jitter  # (B, 2): top-left of the un-jittered top-left slot
-    labels = randint(len(NEIGHBOURS), (b,))
+    draws = np.array([np.concatenate([rng.integers(0, image - extent + 1, 2), rng.integers(0, len(NEIGHBOURS), 1),
+                                      rng.integers(-jitter, jitter + 1, 4)]) for rng in rngs])  # (B, 7)
+    draws = torch.from_numpy(draws).to(device)
+    origin = draws[:, :2] + jitter  # (B, 2): top-left of the un-jittered top-left slot
+    labels = draws[:, 2]
     steps = torch.tensor(NEIGHBOURS, device=device)[labels]  # (B, 2)
-    centre = origin + stride + randint(2 * jitter + 1, (b, 2)) - jitter
-    neighbour = origin + (1 + steps) * stride + randint(2 * jitter + 1, (b, 2)) - jitter
+    centre = origin + stride + draws[:, 3:5]
+    neighbour = origin + (1 + steps) * stride + draws[:, 5:7]
     return centre, neighbour, labels
 
 
@@ -212,12 +287,13 @@ def project_colour(x: Tensor) -> Tensor:
     return x - along[:, None] * axis.reshape(1, 3, 1, 1)
 
 
-def drop_colour(x: Tensor, keep: Tensor, *, generator: torch.Generator | None = None, noise: float = 0.01) -> Tensor:
+def drop_colour(x: Tensor, keep: Tensor, noise: Tensor, *, scale: float = 0.01) -> Tensor:
     """Doersch's colour dropping: keeps channel `keep` (B,) of each patch (B, C, h, w) and replaces the others by
-    Gaussian noise with `noise` times the kept channel's standard deviation."""
+    the unit Gaussian draws `noise` (B, C, h, w) times `scale` times the kept channel's standard deviation."""
     b, c = x.shape[:2]
+    keep = keep.to(x.device)
     kept = x[torch.arange(b, device=x.device), keep]  # (B, h, w)
     std = kept.flatten(1).std(1).reshape(b, 1, 1, 1)
-    fill = torch.randn(x.shape, generator=generator).to(x) * noise * std
+    fill = noise.to(x) * scale * std
     on = F.one_hot(keep, c).to(torch.bool).reshape(b, c, 1, 1)
     return torch.where(on, x, fill)

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from pipelines.augment import Augment, Crop, crop_box, crop_images, resized_crop
+from pipelines.augment import Augment, Crop, crop_box, crop_images, resized_crop, resized_crop_uint8
 
 STRONG = Augment(crop=Crop(size=32, scale=(0.2, 1.0)), jitter=0.8, grayscale=0.2, blur=0.5, solarize=0.2,
                  blur_kernel=7)
@@ -128,3 +128,24 @@ def test_blur_grayscale_and_solarize():
     torch.testing.assert_close(out[1], TF.gaussian_blur(x[1], [9, 9], [1.5, 1.5]), atol=1e-5, rtol=0)
     torch.testing.assert_close(out[2], torch.where(x[2] >= 0.5, 1 - x[2], x[2]))
     assert torch.equal(out[3], x[3])
+
+
+def test_uint8_resized_crop_is_within_one_level_of_the_float_route():
+    x = torch.randint(0, 256, (5, 3, 40, 50), dtype=torch.uint8)
+    box, size = (3, 4, 30, 37), (24, 24)
+    fast = resized_crop_uint8(x, box, size)
+    slow = resized_crop(x, box, size).round().clamp(0, 255)
+    assert fast.dtype == torch.uint8 and fast.shape == (5, 3, 24, 24)
+    assert (fast.float() - slow).abs().max() <= 1
+
+
+def test_flip_only_views_keep_uint8_and_flip_like_the_float_path():
+    aug = Augment(crop=Crop(size=8), flip=0.5)
+    x = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8)
+    ids, sizes = [(0, 0, f"k{i}") for i in range(6)], [(8, 8)] * 6
+    raw = aug(x, ids, sizes=sizes, raw=True)
+    assert raw.dtype == torch.uint8 and torch.equal(x, x.clone())  # the input is not modified
+    assert torch.allclose(raw.float() / 255, aug(x, ids, sizes=sizes))
+    unflipped = aug(x, ids, sizes=sizes, raw=True, flipped=True)
+    assert torch.equal(unflipped, x)  # flips already applied upstream are not applied again
+    assert not Augment(jitter=0.8).flip_only and aug.flip_only

@@ -86,15 +86,27 @@ def test_device_video_folds_clips_and_masks_tubes(videos):
     assert torch.equal(hidden[:, 0], hidden[:, 1])
 
 
-def test_device_video_crops_cut_in_workers_match_device_crops(videos):
+@pytest.mark.parametrize("flip_in_worker", [False, True])
+def test_device_video_crops_cut_in_workers_match_device_crops(videos, flip_in_worker):
     samples = [{**loader_fields(i), "mp4": d} for i, d in enumerate(videos)]
     view = Augment(crop=Crop(size=32, scale=(0.3, 1.0)))
     decode = decode_clips(num_frames=4, stride=3, clips=2, backend="pyav")
     stage = DeviceStage(mode="video", views=[view], mask=TubeMask(0.5))
     on_device = stage(through([decode], samples), "cpu")["video"]
-    in_workers = stage(through([decode, crop_clips(crop=view.crop)], samples), "cpu")["video"]
+    cut = crop_clips(view=view) if flip_in_worker else crop_clips(crop=view.crop)
+    batch = through([decode, cut], samples)
+    assert batch["video.view0"].shape[-3:] == (32, 32, 3)  # channel-last crops
+    if flip_in_worker:  # some clips flipped, some not, so both branches are compared
+        assert 0 < int(batch["video.view0.flipped"].sum()) < batch["video.view0.flipped"].numel()
+    in_workers = stage(batch, "cpu")["video"]
+    assert in_workers.patches.dtype == torch.float32
     assert (on_device.patches - in_workers.patches).abs().max() < 0.02  # the worker's uint8 rounding, normalised
     assert torch.equal(on_device.visible, in_workers.visible)
+
+
+def test_crop_clips_needs_one_of_crop_or_view():
+    with pytest.raises(ValueError, match="exactly one"):
+        crop_clips()
 
 
 def test_device_frame_pairs_mask_only_the_later_frame(videos):

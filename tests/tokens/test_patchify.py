@@ -115,3 +115,13 @@ def test_modality_variant_from_a_mapping() -> None:
         get_modality({"name": "image", "patchsize": 8})
     with pytest.raises(ValueError, match="not divisible"):
         get_modality({"name": "image", "patch": [9, 9]})
+
+
+def test_uint8_patches_normalise_like_dense_normalisation():
+    x = torch.randint(0, 256, (2, 3, 4, 32, 32), dtype=torch.uint8)
+    variant = get_modality({"name": "video", "patch": [2, 16, 16], "size": [4, 32, 32]})
+    fused = variant.normalize_patches(variant.tokenize(x).patches)
+    dense = variant.tokenize(variant.normalize(x.float() / 255)).patches
+    assert fused.dtype == torch.float32 and torch.allclose(fused, dense, atol=1e-5)
+    with pytest.raises(ValueError, match="no dataset statistics"):
+        get_modality("semseg").normalize_patches(x.reshape(2, 1, -1))
