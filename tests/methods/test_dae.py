@@ -94,33 +94,39 @@ def test_figure_writes_png(tmp_path) -> None:
 
 @pytest.mark.slow
 def test_dae_learns_textures() -> None:
+    """The masked variant: half the tokens dropped for mask tokens, loss on every token with double emphasis.
+
+    The target is the per-patch standardised clean patch (MAE's norm_pix): with raw pixels the k-NN margin over
+    random init was 80.1 % vs 78.1 %, as the decoder spends itself on each texture's two random colours, a
+    nuisance here; with norm_pix it was 90.2 / 92.6 / 89.8 % vs 78.1 / 76.2 / 77.7 % at seeds 0 / 1 / 2.
+    """
     from synthetic import textures
 
     torch.manual_seed(0)
     spec = SPECS["image"][0]
-    x, y = textures(1280, generator=torch.Generator().manual_seed(0))
+    x, y = textures(2304, generator=torch.Generator().manual_seed(0))
     tokens = spec.tokenize(spec.normalize(x))
-    n_train = 1024
+    n_train = 2048
 
     def part(index):
         return Tokens(patches=tokens.patches[index], grid=tokens.grid, patch=tokens.patch, modality="image")
 
-    method = DAE(tiny_encoder(spec, depth=2, dim=64), corruption=MaskingNoise(0.5), decoder_dim=64,
-                 decoder_depth=2, decoder_heads=4)
+    method = DAE(tiny_encoder(spec, depth=2, dim=64), corruption=MaskingNoise(0.5, whole_tokens=True),
+                 alpha=1.0, beta=0.5, decoder_dim=64, decoder_depth=2, decoder_heads=4, norm_pix_loss=True)
     random_init = snapshot(method.encoder)
-    first, last, secs = train(method, lambda i: {"image": part(i)}, n_train, steps=400, lr=1.5e-3)
+    first, last, secs = train(method, lambda i: {"image": part(i)}, n_train, steps=500, lr=1.5e-3)
     train_t, test_t = part(slice(0, n_train)), part(slice(n_train, None))
     with torch.no_grad():
         noisy = method.corruption(test_t.patches, generator=torch.Generator().manual_seed(1))
-        clean = test_t.patches
-        err = float(((method.predict(test_t, noisy) - clean) ** 2).mean())
-        base = float(((clean.mean(-1, keepdim=True) - clean) ** 2).mean())  # each patch's own mean value
+        target = method.target(test_t)
+        per_token = ((method.predict(test_t, noisy) - target) ** 2).mean(-1)  # (B, N)
+        err, err_clean = float(per_token[noisy.dropped].mean()), float(per_token[~noisy.dropped].mean())
+        # predicting each patch's own mean is 0 in the standardised space
+        base = float((target ** 2).mean(-1)[noisy.dropped].mean())
     trained = knn_top1(method.encoder, train_t, y[:n_train], test_t, y[n_train:])
     rand = knn_top1(random_init, train_t, y[:n_train], test_t, y[n_train:])
-    print(f"\nDAE (masking noise .5): loss {first:.3f} -> {last:.3f} ({secs:.1f}s); held-out MSE {err:.3f} vs "
-          f"patch mean {base:.3f}; k-NN top-1 trained {trained:.1f}% vs random init {rand:.1f}%")
-    assert err < 0.5 * base
-    if trained <= rand:
-        # measured: 72.7 % vs 75.4 % (value masking .5) and 73.0 % vs 75.4 % (half the tokens masked); a short
-        # denoising run learns local filling-in, not features a k-NN separates better than random ones
-        pytest.xfail(f"DAE k-NN {trained:.1f}% does not beat random init {rand:.1f}% on this CPU budget")
+    print(f"\nDAE (half the tokens masked, norm_pix): loss {first:.3f} -> {last:.3f} ({secs:.1f}s); held-out MSE "
+          f"on dropped tokens {err:.3f} (kept {err_clean:.3f}) vs patch mean {base:.3f}; k-NN top-1 trained "
+          f"{trained:.1f}% vs random init {rand:.1f}%")
+    assert err < 0.75 * base and err_clean < err
+    assert trained > rand + 5.0
