@@ -5,7 +5,7 @@ import torch
 import torchaudio
 
 from mmssl.modalities.audio import AUDIOSET_MEAN, AUDIOSET_STD
-from pipelines.fbank import Fbank, num_frames
+from pipelines.fbank import Fbank, analysis_matrix, num_frames
 
 
 def audiomae_fbank(wave: torch.Tensor, target_length: int) -> torch.Tensor:
@@ -55,3 +55,24 @@ def test_fbank_on_cuda_equals_cpu():
     wave = torch.randn(8, 16000 * 10)
     fb = Fbank()
     torch.testing.assert_close(fb.cuda()(wave.cuda()).cpu(), fb.cpu()(wave), atol=1e-4, rtol=0)
+
+
+def test_folded_analysis_matrix_is_kaldis_frame_processing_then_rfft():
+    frame = torch.randn(400, dtype=torch.float64)
+    x = frame - frame.mean()
+    x = x - 0.97 * torch.cat([x[:1], x[:-1]])  # pre-emphasis, first sample repeated
+    x = x * torch.hann_window(400, periodic=False, dtype=torch.float64)
+    spectrum = torch.fft.rfft(x, n=512)
+    re_im = frame.float() @ analysis_matrix(400, 512)  # (2F,)
+    torch.testing.assert_close(re_im[:257].double(), spectrum.real, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(re_im[257:].double().abs(), spectrum.imag.abs(), atol=1e-4, rtol=1e-5)
+
+
+def test_fbank_is_close_to_a_float64_kaldi_fbank_and_chunking_changes_nothing():
+    wave = torch.randn(5, 16000 * 2) * 0.5 + 0.1
+    truth = torch.stack([torchaudio.compliance.kaldi.fbank(
+        (w.double() - w.double().mean())[None], htk_compat=True, use_energy=False, window_type="hanning",
+        num_mel_bins=128, dither=0.0, frame_shift=10) for w in wave])
+    raw = Fbank(mean=None, target_length=None, chunk=2)(wave)
+    assert (raw.double() - truth).abs().max() < 5e-4  # torchaudio's own float32 result is ~2e-3 away in band 0
+    torch.testing.assert_close(raw, Fbank(mean=None, target_length=None, chunk=None)(wave), atol=1e-5, rtol=0)
