@@ -117,8 +117,9 @@ def visible_from_mask(mask: Tensor) -> Tensor:
     k = int(counts[0]) if mask.shape[0] else 0
     if mask.shape[0] and not bool((counts == k).all()):
         raise ValueError(f"every sample must keep the same number of visible tokens, got counts {counts.tolist()}")
-    # a stable sort of 0 (visible) before 1 (hidden) keeps visible tokens in grid order
-    return torch.argsort(mask.to(torch.uint8), dim=1, stable=True)[:, :k]
+    # a stable sort of 0 (visible) before 1 (hidden) keeps visible tokens in grid order; contiguous, so that the
+    # gathers reading these indices run over dense rows and a compiled step sees one stride pattern
+    return torch.argsort(mask.to(torch.uint8), dim=1, stable=True)[:, :k].contiguous()
 
 
 def gather_tokens(x: Tensor, index: Tensor) -> Tensor:
