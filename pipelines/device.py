@@ -159,7 +159,9 @@ class DeviceStage:
         return out
 
     def _spectrogram(self, wave: Tensor, lengths: Tensor | None, ids: Ids | None) -> Tokens:
-        fbank = (self.fbank or Fbank()).to(wave.device)
+        if self.fbank is None:  # a video stage meeting a soundtrack: AudioMAE's defaults, built once
+            self.fbank = Fbank()
+        fbank = self.fbank = self.fbank.to(wave.device)
         spec = self._spec("audio")
         feats = fbank(wave, lengths).unsqueeze(1)  # (B, T, F) -> (B, 1, T, F); Fbank already normalised
         return self._tokens(spec, feats, ids, normalize=False)
