@@ -48,10 +48,10 @@ STRIDE = {"videomae": 4, "videomae-tiny": 2}
 SOURCE_FRAMES = {"videomae": 150, "videomae-tiny": 24}
 
 
-def has_nvdec() -> bool:
-    """Whether PyNvVideoCodec (NVDEC) can be imported."""
+def importable(name: str) -> bool:
+    """Whether a module (PyNvVideoCodec, decord) can be imported."""
     try:
-        import PyNvVideoCodec  # noqa: F401
+        __import__(name)
     except ImportError:
         return False
     return True
@@ -85,7 +85,7 @@ def repeated(index: Path, samples: int) -> list[str]:
 
 
 def feeds(spec: Spec, *, key: str, device: torch.device, repeats: int, decoders: int, nvdec: bool,
-          jpeg: str) -> dict[str, tuple[list, Any, str]]:
+          jpeg: str, decord: bool = True) -> dict[str, tuple[list, Any, str]]:
     """The shard feeds to measure: name -> (worker stages, device stage, description)."""
     from mmssl.tokens import RandomMask, TubeMask
     from pipelines.augment import Augment, Crop, crop_clips, crop_images
@@ -114,6 +114,8 @@ def feeds(spec: Spec, *, key: str, device: torch.device, repeats: int, decoders:
         where = f"NVDEC, {decoders} decoder sessions" if device.type == "cuda" else "NVDEC plans decoded by PyAV (CPU)"
         out["nvdec"] = ([decode_clips(backend="nvdec", **clip)], stage,
                         f"{where}, one decode for {repeats} clips, crop + flip on {device.type}")
+    if not decord:
+        return out
     stage = DeviceStage(mode="video", views=[view], mask=TubeMask(spec.mask_ratio))
     out["decord"] = ([decode_clips(backend="decord", **clip), crop_clips(view=view)], stage,
                      f"decord in workers, one decode for {repeats} clips, crop + flip in workers")
@@ -162,11 +164,15 @@ def run_model(key: str, args: argparse.Namespace, device: torch.device, root: Pa
     rows = [{"model": key, "feed": "synthetic", "rate": rate, "ratio": 1.0,
              "what": f"tensors already on {device.type}"}]
     print(f"  synthetic: {rate:.1f} samples/s (compile {args.compile})", flush=True)
-    nvdec = args.nvdec == "on" or (args.nvdec == "auto" and (not cuda or has_nvdec()))
+    nvdec = args.nvdec == "on" or (args.nvdec == "auto" and (not cuda or importable("PyNvVideoCodec")))
+    decord = importable("decord")
     if spec.video and not nvdec:
         print("  nvdec: not measured (PyNvVideoCodec not installed: pip install 'mmssl[gpu]')", flush=True)
+    if spec.video and not decord:
+        print("  decord: not measured (decord not installed)", flush=True)
     for feed, (stages, stage, what) in feeds(spec, key=key, device=device, repeats=args.repeats,
-                                            decoders=args.decoders, nvdec=nvdec, jpeg=args.jpeg).items():
+                                            decoders=args.decoders, nvdec=nvdec, jpeg=args.jpeg,
+                                            decord=decord).items():
         loader = StreamLoader(source, batch_size=per_load, stages=stages, num_workers=args.workers,
                               shuffle_window=64, pin_memory=cuda, prefetch_factor=4, max_skip_fraction=0.0,
                               start_method="fork")  # workers never touch CUDA; closures do not pickle
@@ -232,7 +238,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     root = Path(args.workdir or tempfile.mkdtemp(prefix="mmssl-pipeline-gpu-"))
     what = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"device {device} ({what}), {os.cpu_count()} cores, torch {torch.__version__}, NVDEC "
-          f"{'available' if has_nvdec() else 'not installed'}, device prefetch {args.prefetch}, in {root}", flush=True)
+          f"{'available' if importable('PyNvVideoCodec') else 'not installed'}, device prefetch {args.prefetch}, in {root}", flush=True)
     rows: list[dict[str, Any]] = []
     keys = [f"{m}-tiny" if args.tiny else m for m in (["mae", "videomae"] if args.model == "both" else [args.model])]
     if args.prepare:

@@ -38,12 +38,15 @@ from benchmarks.steps import (SPECS, Batch, OursStep, ReferenceStep, Spec, build
 
 __all__ = ["count_host_syncs", "cuda_syncs", "check_losses", "passed", "time_steps", "run_model", "main"]
 
-_SYNC_OPS = ("_local_scalar_dense", "nonzero", "masked_select", "is_nonzero", "equal", "unique",
-             "_unique2", "item")
+# ops whose result size or value the host must read from the device, and `lift_fresh`: a tensor made from host
+# values (`torch.tensor(...)`), which on a GPU is a copy that waits for the work queued before it
+_SYNC_OPS = ("_local_scalar_dense", "nonzero", "masked_select", "is_nonzero", "equal", "unique", "_unique2",
+             "item", "lift_fresh")
 
 
 def count_host_syncs(fn: Callable[[], Any]) -> list[str]:
-    """The ops run by `fn` that need the host to read device data (`.item()`, boolean indexing, nonzero...).
+    """The ops run by `fn` that need the host to wait for the device (`.item()`, boolean indexing, nonzero,
+    tensors made from host values...).
 
     Counted at the dispatcher on any device, so the CPU tests see the ops that would stall a GPU. Autograd runs
     the backward of CUDA tensors in its own thread, out of sight of this counter: on CUDA use `cuda_syncs`.
@@ -102,7 +105,7 @@ def check_losses(spec: Spec, ours: OursStep, ref: ReferenceStep, batch: Batch) -
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
     fp32_ours, fp32_ref = float(lo.detach()), float(lr_.detach())
     # with gradients on: ours' compiled training graph is the one the timing reuses (no extra compile)
-    amp_ours = float(ours.loss(batch))
+    amp_ours = float(ours.loss(batch).detach())
     with torch.no_grad():
         amp_ref = float(ref.loss(batch))
     return {"fp32 ours": fp32_ours, "fp32 baseline": fp32_ref, "fp32 rel diff": _rel(fp32_ours, fp32_ref),

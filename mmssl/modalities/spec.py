@@ -13,6 +13,12 @@ from mmssl.tokens import Tokens, patchify
 __all__ = ["Modality"]
 
 
+def _filled(values: tuple[float, ...], like: Tensor, dtype: torch.dtype) -> Tensor:
+    """The constants `values` as a (C,) tensor made by fills on `like`'s device: `torch.tensor(values, device=...)`
+    copies them from the host, which makes the host wait for the GPU, in the middle of a training step."""
+    return torch.stack([like.new_full((), v, dtype=dtype) for v in values])
+
+
 @dataclass(frozen=True)
 class Modality:
     """What a modality's dense tensors look like and how they become tokens.
@@ -64,9 +70,7 @@ class Modality:
 
     def _stats(self, x: Tensor) -> tuple[Tensor, Tensor]:
         shape = (1, -1) + (1,) * (x.dim() - 2)  # broadcast over (B, C, *axes)
-        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).reshape(shape)
-        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).reshape(shape)
-        return mean, std
+        return _filled(self.mean, x, x.dtype).reshape(shape), _filled(self.std, x, x.dtype).reshape(shape)
 
     def normalize(self, x: Tensor) -> Tensor:
         """Normalises a dense batch (B, C, *axes): dataset statistics, per-sample standardisation, or none."""
@@ -86,8 +90,7 @@ class Modality:
         """
         if self.categorical or self.mean is None:
             raise ValueError(f"modality {self.name!r} has no dataset statistics to normalise uint8 patches with")
-        std = torch.tensor(self.std, dtype=torch.float32, device=patches.device)
-        mean = torch.tensor(self.mean, dtype=torch.float32, device=patches.device)
+        std, mean = _filled(self.std, patches, torch.float32), _filled(self.mean, patches, torch.float32)
         reps = patches.shape[-1] // self.channels
         scale, shift = (1 / (255 * std)).repeat(reps), (-mean / std).repeat(reps)  # (P,): channel fastest
         return patches.float().mul_(scale).add_(shift)
