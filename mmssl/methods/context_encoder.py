@@ -7,8 +7,15 @@ paper) beyond the filled hole, into pixels the network sees, and the L2 weight o
     L_rec = mean over the region's values of W * (x_hat - x)^2,   W = 10 on the border, 1 inside the hole.
 The joint loss is lambda_rec * L_rec + lambda_adv * L_adv (lambda_rec = .999, lambda_adv = .001), L_adv the
 non-saturating GAN loss -log D(G(x)) of a small convolutional discriminator; `adversarial=False` trains on L2 only.
+The generator is an encoder-decoder, as in the paper: the encoder reads the image with the hole filled, and a
+small self-attention decoder over all its tokens (standing in for the paper's channel-wise fully connected layer
+and up-convolutions, which also mix all positions) predicts each token's pixels; the encoder's features are the
+representation, so they need not be pixels themselves (`decoder_depth=0`: one linear map per token instead).
 Regions: `CentreRegion` (the central half of each side, as in the paper), `RandomBlocks` (several smaller blocks
-covering about 1/4 of the image) and `RandomShape` (a smooth random shape covering exactly a given fraction).
+covering about 1/4 of the image) and `RandomShape` (a smooth random shape covering exactly a given fraction). Each
+image's region is drawn from its own generator, `sample_generator(seed, epoch, key, "region")` with the
+(seed, epoch, key) of `batch["ids"]`, as the device stage draws MAE's masks: the same region for a sample whatever
+batch, device or rank it is in.
 
 One optimiser, one backward: the recipe steps a single AdamW over `method.parameters()`. The generator and
 discriminator terms are summed into one loss whose gradient gives each network its own objective:
@@ -33,8 +40,11 @@ from torch.func import functional_call
 
 from mmssl.methods.colorization import encoder_stride, save_panels
 from mmssl.methods.output import Output
+from mmssl.models.decoders import SelfAttentionDecoder
 from mmssl.models.dense import DenseHead
 from mmssl.models.gan import ConvDiscriminator
+from pipelines.pretext import batch_ids
+from pipelines.rng import sample_generator
 
 __all__ = ["ContextEncoder", "CentreRegion", "RandomBlocks", "RandomShape", "border_weights", "MEAN_PIXEL"]
 
@@ -117,13 +127,19 @@ class ContextEncoder(nn.Module):
         lambda_adv: weight of the adversarial loss.
         adversarial: False trains on L2 alone (no discriminator is built).
         disc_width: first-layer channels of the discriminator.
+        decoder_depth: self-attention blocks between the encoder and the pixel head (the paper's decoder after
+            its channel-wise fully connected layer, which mixes all positions); 0 maps each token to its pixels
+            with one linear layer, so the encoder's own features must be pixels.
+        decoder_dim: decoder width.
+        decoder_heads: decoder attention heads.
     """
 
     modalities = ("image",)
 
     def __init__(self, encoder: nn.Module, *, region=None, overlap: int = 4, overlap_weight: float = 10.0,
                  lambda_rec: float = 0.999, lambda_adv: float = 0.001, adversarial: bool = True,
-                 disc_width: int = 64) -> None:
+                 disc_width: int = 64, decoder_depth: int = 2, decoder_dim: int = 256,
+                 decoder_heads: int = 8) -> None:
         super().__init__()
         self.encoder = encoder
         self.modality = encoder.modality
@@ -131,7 +147,11 @@ class ContextEncoder(nn.Module):
         self.overlap, self.overlap_weight = overlap, overlap_weight
         self.lambda_rec, self.lambda_adv = lambda_rec, lambda_adv
         channels = self.modality.channels
-        self.head = DenseHead(encoder.dim, channels, subpixel=encoder_stride(encoder))
+        stride = encoder_stride(encoder)
+        self.decoder = (SelfAttentionDecoder(encoder.dim, channels * stride * stride, dim=decoder_dim,
+                                             depth=decoder_depth, heads=decoder_heads) if decoder_depth else None)
+        self.head = DenseHead(encoder.dim, channels, subpixel=stride) if self.decoder is None else None
+        self.stride = stride
         self.discriminator = ConvDiscriminator(channels, width=disc_width) if adversarial else None
 
     def fill(self, images: Tensor) -> Tensor:
@@ -139,11 +159,27 @@ class ContextEncoder(nn.Module):
         mean = torch.tensor(MEAN_PIXEL, device=images.device, dtype=images.dtype).reshape(1, -1, 1, 1)
         return self.modality.normalize(mean)
 
+    def regions(self, images: Tensor, ids: list[tuple[int, int, str]] | None = None) -> Tensor:
+        """The region (B, 1, H, W) of each image, each from its own generator (`ids`: see `batch_ids`)."""
+        size = tuple(images.shape[-2:])
+        ids = ids or batch_ids({}, images.shape[0])
+        masks = [self.region(1, size, generator=sample_generator(s, e, k, "region")) for s, e, k in ids]
+        return torch.cat(masks).to(images.device)
+
     def inpaint(self, images: Tensor, hole: Tensor) -> Tensor:
         """The predicted image (B, C, H, W) (normalised) from `images` with `hole` filled by the mean pixel."""
         seen = torch.where(hole, self.fill(images), images)
         encoded = self.encoder(self.modality.tokenize(seen))
-        return self.head(encoded, tuple(images.shape[-2:]))
+        if self.decoder is None:
+            return self.head(encoded, tuple(images.shape[-2:]))
+        b, c, r = images.shape[0], self.modality.channels, self.stride
+        h, w = encoded.grid
+        x = self.decoder(encoded.tokens, None, encoded.grid, prefix=encoded.prefix)  # (B, N, C*r*r)
+        x = x.reshape(b, h, w, c, r, r).permute(0, 3, 1, 4, 2, 5)  # (B, N, C*r*r) -> (B, C, h, r, w, r)
+        x = x.reshape(b, c, h * r, w * r)  # (B, C, h, r, w, r) -> (B, C, h*r, w*r)
+        if x.shape[-2:] != images.shape[-2:]:
+            x = F.interpolate(x, size=tuple(images.shape[-2:]), mode="bilinear", align_corners=False)
+        return x
 
     def reconstruction_loss(self, pred: Tensor, images: Tensor, weights: Tensor) -> Tensor:
         """Mean over the region's values of weights * squared error."""
@@ -152,7 +188,7 @@ class ContextEncoder(nn.Module):
 
     def forward(self, batch: dict) -> Output:
         images = batch[self.modality.name].image().float()  # (B, C, H, W), normalised
-        region = self.region(images.shape[0], tuple(images.shape[-2:])).to(images.device)
+        region = self.regions(images, batch_ids(batch, images.shape[0]))
         hole, weights = border_weights(region, overlap=self.overlap, weight=self.overlap_weight)
         pred = self.inpaint(images, hole)
         rec = self.reconstruction_loss(pred, images, weights)
@@ -177,7 +213,7 @@ class ContextEncoder(nn.Module):
         """Writes a PNG: input with the hole, the L2-only inpainting (from `l2_only`, a ContextEncoder trained
         without the adversarial term, when given), this model's inpainting, and the original."""
         images = batch[self.modality.name].image().float()
-        region = self.region(images.shape[0], tuple(images.shape[-2:])).to(images.device)
+        region = self.regions(images, batch_ids(batch, images.shape[0]))
         hole, _ = border_weights(region, overlap=self.overlap)
         shown = [torch.where(hole, self.fill(images), images)]
         for model in ([l2_only] if l2_only is not None else []) + [self]:

@@ -6,13 +6,17 @@ was. Follows REFERENCE.md §1.8 and bbrattoli/JigsawPuzzlePytorch (`JigsawImageL
 `JigsawNetwork.py`), the PyTorch port of the Caffe original:
 - a 225 px image makes 75 px cells; each tile is a random 64 px crop of its cell (gap and jitter against edge
   continuity shortcuts) resized back to 75 px and standardised on its own (`pipelines.pretext.jigsaw_tiles`);
+- against chromatic aberration (a colour shift that grows towards the border and so tells a tile's place), 30% of
+  the images are made grey and every colour channel of every tile of the others is shifted by up to ±2 px per
+  axis (the paper's "spatially jitter the color channels"), as the paper does;
 - the classes are a permutation set grown for maximal Hamming distance, 1000 in the paper, 100 by default here
   (VISSL ships 100/2k/10k), made deterministically and cached on disk (`hamming_permutations`);
 - the tiles go through one shared ("siamese") encoder; each tile's pooled feature is mapped by a shared fc
   (fc6, 1024 wide in the paper's AlexNet), the 9 are concatenated in puzzle order, and an MLP (fc7 4096, fc8)
   classifies the permutation.
-The puzzles are cut from the whole-image batch the device stage left in `batch["image"]`; offsets and permutation
-draws use torch's RNG (seeded by the recipe), like MAE's own masks.
+The puzzles are cut from the whole-image batch the device stage left in `batch["image"]`. Every draw (offsets,
+permutation, grey, channel shifts) comes from the sample's own counter-based generator
+(`pipelines.pretext.sample_rngs`, keyed by the (seed, epoch, key) in `batch["ids"]`).
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmssl.methods.output import Output
-from pipelines.pretext import hamming_permutations, jigsaw_tiles, normalize_tiles
+from pipelines.pretext import (batch_ids, hamming_permutations, jigsaw_draws, jigsaw_tiles, normalize_tiles,
+                               sample_rngs, to_grey)
 
 __all__ = ["Jigsaw"]
 
@@ -40,6 +45,8 @@ class Jigsaw(nn.Module):
         tile: side the tile crops are resized to; None keeps the cell side (75 at 225 px, as the reference).
         tile_dim: width of the shared per-tile fc (fc6).
         hidden_dim: width of the classifier's hidden layer over the concatenated tiles (fc7).
+        grey: chance of making an image grey (0.3 in the paper; needs RGB).
+        channel_jitter: largest per-axis shift (px) of each colour channel of a tile (2 in the paper; 0: none).
         cache_dir: where the permutation set is cached (default `$MMSSL_CACHE` or ~/.cache/mmssl).
     """
 
@@ -47,11 +54,15 @@ class Jigsaw(nn.Module):
 
     def __init__(self, encoder: nn.Module, *, grid: int = 3, num_permutations: int = 100,
                  crop_fraction: float = 64 / 75, tile: int | None = None, tile_dim: int = 1024,
-                 hidden_dim: int = 4096, cache_dir: str | Path | None = None) -> None:
+                 hidden_dim: int = 4096, grey: float = 0.3, channel_jitter: int = 2,
+                 cache_dir: str | Path | None = None) -> None:
         super().__init__()
         self.encoder = encoder
         self.modality = encoder.modality
+        if grey > 0 and self.modality.channels != 3:
+            raise ValueError(f"grey={grey} needs RGB images, the modality has {self.modality.channels} channels")
         self.grid, self.crop_fraction, self.tile = grid, crop_fraction, tile
+        self.grey, self.channel_jitter = grey, channel_jitter
         perms = torch.from_numpy(hamming_permutations(num_permutations, tiles=grid * grid, cache_dir=cache_dir))
         self.register_buffer("permutations", perms, persistent=False)  # (P, T)
         self.tile_fc = nn.Sequential(nn.Linear(encoder.dim, tile_dim), nn.ReLU(inplace=True))
@@ -62,18 +73,24 @@ class Jigsaw(nn.Module):
     def num_permutations(self) -> int:
         return self.permutations.shape[0]
 
-    def puzzles(self, images: Tensor) -> tuple[Tensor, Tensor]:
+    def puzzles(self, images: Tensor, ids: list[tuple[int, int, str]] | None = None) -> tuple[Tensor, Tensor]:
         """Shuffled, normalised tiles (B, T, C, s, s) of images (B, C, S, S) and their permutation labels (B,).
 
-        Position t of a puzzle holds tile `permutations[label, t]` (the reference's convention).
+        Position t of a puzzle holds tile `permutations[label, t]` (the reference's convention). `ids` name each
+        image's draws ((seed, epoch, key), see `pipelines.pretext.batch_ids`); None draws a fresh batch name.
         """
-        b, size = images.shape[0], images.shape[-1]
+        b, c, size = images.shape[0], images.shape[1], images.shape[-1]
         cell = size // self.grid
         crop = max(1, round(cell * self.crop_fraction))
         t = self.grid * self.grid
-        offsets = torch.randint(0, cell - crop + 1, (b, t, 2), device=images.device)  # per-tile jitter in its cell
-        tiles = normalize_tiles(jigsaw_tiles(images, offsets, grid=self.grid, crop=crop, size=self.tile or cell))
-        labels = torch.randint(0, self.num_permutations, (b,), device=images.device)
+        draws = jigsaw_draws(sample_rngs(ids or batch_ids({}, b), "jigsaw"), tiles=t, channels=c, slack=cell - crop,
+                             num_permutations=self.num_permutations, grey=self.grey,
+                             channel_jitter=self.channel_jitter)
+        if bool(draws["grey"].any()):  # luma of the RGB image, not of its normalised channels
+            images = self.modality.normalize(to_grey(self.modality.denormalize(images), draws["grey"]))
+        tiles = normalize_tiles(jigsaw_tiles(images, draws["offsets"], grid=self.grid, crop=crop,
+                                             size=self.tile or cell, shifts=draws["shifts"]))
+        labels = draws["labels"].to(images.device)
         order = self.permutations[labels]  # (B, T)
         shuffled = tiles[torch.arange(b, device=images.device)[:, None], order]  # (B, T, C, s, s)
         return shuffled, labels
@@ -86,7 +103,8 @@ class Jigsaw(nn.Module):
         return self.classifier(per_tile)
 
     def forward(self, batch: dict) -> Output:
-        tiles, labels = self.puzzles(batch[self.modality.name].image().float())
+        images = batch[self.modality.name].image().float()
+        tiles, labels = self.puzzles(images, batch_ids(batch, images.shape[0]))
         logits = self.logits(tiles)
         loss = F.cross_entropy(logits, labels)
         acc = (logits.detach().argmax(1) == labels).float().mean()

@@ -10,17 +10,21 @@ the paper and `mmselfsup:configs/selfsup/relative-loc` (cdoersch/deepcontext is 
   (green-magenta axis removed) or dropped (two of three channels replaced by faint noise, per patch);
 - both patches go through one shared encoder; their pooled features (fc6) are concatenated and an MLP (fc7 4096,
   fc8 8-way) classifies the position, as the paper's late-fusion network does.
-The pairs are cut from the whole-image batch the device stage left in `batch["image"]`; the draws use torch's RNG.
+The pairs are cut from the whole-image batch the device stage left in `batch["image"]`. Every draw (layout place,
+neighbour slot, jitters, dropped channels and their noise) comes from the sample's own counter-based generator
+(`pipelines.pretext.sample_rngs`, keyed by the (seed, epoch, key) in `batch["ids"]`).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmssl.methods.output import Output
-from pipelines.pretext import NEIGHBOURS, cut_patches, drop_colour, patch_pair_boxes, project_colour
+from pipelines.pretext import (NEIGHBOURS, batch_ids, cut_patches, drop_colour, patch_pair_boxes, project_colour,
+                               sample_rngs)
 
 __all__ = ["RelativePosition"]
 
@@ -52,17 +56,25 @@ class RelativePosition(nn.Module):
         self.classifier = nn.Sequential(nn.Linear(2 * encoder.dim, hidden_dim), nn.ReLU(inplace=True),
                                         nn.Linear(hidden_dim, len(NEIGHBOURS)))
 
-    def pairs(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Centre patches, neighbour patches (B, C, p, p) and labels (B,) (indices into `NEIGHBOURS`)."""
-        b, _, h, w = images.shape
-        centre_at, neighbour_at, labels = patch_pair_boxes(b, image=min(h, w), patch=self.patch, gap=self.gap,
+    def pairs(self, images: Tensor, ids: list[tuple[int, int, str]] | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Centre patches, neighbour patches (B, C, p, p) and labels (B,) (indices into `NEIGHBOURS`).
+
+        `ids` name each image's draws ((seed, epoch, key), see `pipelines.pretext.batch_ids`); None draws a fresh
+        batch name.
+        """
+        b, c, h, w = images.shape
+        rngs = sample_rngs(ids or batch_ids({}, b), "relpos")
+        centre_at, neighbour_at, labels = patch_pair_boxes(rngs, image=min(h, w), patch=self.patch, gap=self.gap,
                                                            jitter=self.jitter, device=images.device)
         centre, neighbour = cut_patches(images, centre_at, self.patch), cut_patches(images, neighbour_at, self.patch)
         if self.colour == "project":
             centre, neighbour = project_colour(centre), project_colour(neighbour)
-        elif self.colour == "drop":  # each patch keeps its own random channel
-            keep = torch.randint(0, images.shape[1], (2, b), device=images.device)
-            centre, neighbour = drop_colour(centre, keep[0]), drop_colour(neighbour, keep[1])
+        elif self.colour == "drop":  # each patch keeps its own random channel; the others become faint noise
+            keep = torch.from_numpy(np.stack([rng.integers(0, c, 2) for rng in rngs]))  # (B, 2)
+            noise = torch.from_numpy(np.stack([rng.standard_normal((2, c, self.patch, self.patch), np.float32)
+                                               for rng in rngs]))  # (B, 2, C, p, p)
+            centre = drop_colour(centre, keep[:, 0], noise[:, 0])
+            neighbour = drop_colour(neighbour, keep[:, 1], noise[:, 1])
         return centre, neighbour, labels
 
     def logits(self, centre: Tensor, neighbour: Tensor) -> Tensor:
@@ -72,7 +84,8 @@ class RelativePosition(nn.Module):
         return self.classifier(torch.cat([feats[:b], feats[b:]], dim=1))  # (B, 2D) -> (B, 8)
 
     def forward(self, batch: dict) -> Output:
-        centre, neighbour, labels = self.pairs(batch[self.modality.name].image().float())
+        images = batch[self.modality.name].image().float()
+        centre, neighbour, labels = self.pairs(images, batch_ids(batch, images.shape[0]))
         logits = self.logits(centre, neighbour)
         loss = F.cross_entropy(logits, labels)
         acc = (logits.detach().argmax(1) == labels).float().mean()

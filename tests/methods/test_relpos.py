@@ -9,13 +9,14 @@ from pretext_learning import SPEC, learn, vit
 
 from mmssl.methods.relpos import RelativePosition
 from mmssl.models.cnn import CNNEncoder
-from pipelines.pretext import NEIGHBOURS, cut_patches, drop_colour, patch_pair_boxes, project_colour
+from pipelines.pretext import (NEIGHBOURS, batch_ids, cut_patches, drop_colour, patch_pair_boxes, project_colour,
+                               sample_rngs)
 
 
 def test_labels_match_geometry() -> None:
     patch, gap, jitter = 8, 4, 2
-    centre, neighbour, labels = patch_pair_boxes(2000, image=48, patch=patch, gap=gap, jitter=jitter,
-                                                 generator=torch.Generator().manual_seed(0))
+    rngs = sample_rngs([(0, 0, str(i)) for i in range(2000)], "relpos")
+    centre, neighbour, labels = patch_pair_boxes(rngs, image=48, patch=patch, gap=gap, jitter=jitter)
     assert set(labels.tolist()) == set(range(8))
     step = (neighbour - centre).float() / (patch + gap)  # about (dy, dx) of the neighbour slot
     for label, (dy, dx) in enumerate(NEIGHBOURS):
@@ -27,7 +28,7 @@ def test_labels_match_geometry() -> None:
     for corner in (centre, neighbour):  # every patch lies inside the image
         assert corner.min() >= 0 and (corner + patch).max() <= 48
     with pytest.raises(ValueError, match="needs"):
-        patch_pair_boxes(1, image=32, patch=8, gap=4, jitter=2)
+        patch_pair_boxes(rngs[:1], image=32, patch=8, gap=4, jitter=2)
 
 
 def test_patches_are_cut_at_their_corners() -> None:
@@ -45,7 +46,7 @@ def test_colour_projection_and_dropping() -> None:
     grey = torch.randn(4, 1, 8, 8).repeat(1, 3, 1, 1)  # grey has no green-magenta component: left as it is
     assert torch.allclose(project_colour(grey), grey, atol=1e-5)
     keep = torch.tensor([0, 1, 2, 1])
-    dropped = drop_colour(x, keep, generator=torch.Generator().manual_seed(0))
+    dropped = drop_colour(x, keep, torch.randn(4, 3, 8, 8))
     for b in range(4):
         assert torch.equal(dropped[b, keep[b]], x[b, keep[b]])
         others = [c for c in range(3) if c != keep[b]]
@@ -59,6 +60,20 @@ def test_forward(colour: str) -> None:
     assert abs(float(out.loss.detach()) - math.log(8)) < 1.0 and "position_acc" in out.logs
     out.loss.backward()
     assert method.encoder.patch_embed.proj.weight.grad.abs().sum() > 0
+
+
+def test_draws_are_per_sample_and_repeat() -> None:
+    # a sample's pair depends on its (seed, epoch, key) only: not on the batch around it, nor on torch's RNG
+    method = RelativePosition(vit(depth=1, dim=32), patch=8, gap=4, jitter=2, colour="drop", hidden_dim=32)
+    images = torch.randn(3, 3, 48, 48)
+    ids = [(7, 1, "a"), (7, 1, "b"), (7, 1, "c")]
+    c1, n1, l1 = method.pairs(images, ids)
+    torch.manual_seed(123)
+    c2, n2, l2 = method.pairs(images[[2, 0]], [ids[2], ids[0]])
+    assert torch.equal(c2, c1[[2, 0]]) and torch.equal(n2, n1[[2, 0]]) and torch.equal(l2, l1[[2, 0]])
+    many = method.pairs(images[[0] * 64], [(7, e, "a") for e in range(64)])[2]
+    assert len(set(many.tolist())) > 4  # epochs give the same image fresh positions
+    assert batch_ids({"ids": ids}, 3) == ids and len(batch_ids({}, 5)) == 5
 
 
 def test_forward_cnn() -> None:
@@ -80,9 +95,11 @@ def test_relpos_learns_upright_objects() -> None:
     r = learn(method, _accuracy, steps=300, lr=2e-3, batch_size=64)
     print(f"\nRelative position: loss {r['first']:.3f} -> {r['last']:.3f} ({r['secs']:.1f}s); held-out position acc "
           f"{r['pretext']:.1f}% (chance 12.5%); k-NN top-1 trained {r['trained']:.1f}% vs random init "
-          f"{r['random']:.1f}%")
+          f"{r['random']:.1f}%; linear probe {r['linear']:.1f}% vs {r['linear_random']:.1f}%")
     assert r["pretext"] > 40.0
+    # measured: 58.6% held-out, k-NN 41.8% vs 28.1%, linear 66.4% vs 37.9%
     assert r["trained"] > r["random"] + 8.0
+    assert r["linear"] > r["linear_random"] + 10.0
 
 
 def test_tiny_config_runs_two_steps(tmp_path) -> None:
