@@ -70,9 +70,12 @@ def _accuracy(method: Rotation, batch: dict) -> float:
 def test_rotation_learns_upright_objects() -> None:
     r = learn(Rotation(vit()), _accuracy, steps=150, lr=2e-3, batch_size=16)
     print(f"\nRotNet: loss {r['first']:.3f} -> {r['last']:.3f} ({r['secs']:.1f}s); held-out rotation acc "
-          f"{r['pretext']:.1f}% (chance 25%); k-NN top-1 trained {r['trained']:.1f}% vs random init {r['random']:.1f}%")
+          f"{r['pretext']:.1f}% (chance 25%); k-NN top-1 trained {r['trained']:.1f}% vs random init {r['random']:.1f}%; "
+          f"linear probe {r['linear']:.1f}% vs {r['linear_random']:.1f}%")
     assert r["pretext"] > 60.0
+    # measured: 100% held-out, k-NN 43.4% vs 28.1%, linear 59.8% vs 37.9%
     assert r["trained"] > r["random"] + 8.0
+    assert r["linear"] > r["linear_random"] + 10.0
 
 
 def test_tiny_config_runs_two_steps(tmp_path) -> None:
