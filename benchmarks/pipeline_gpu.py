@@ -174,8 +174,7 @@ def run_model(key: str, args: argparse.Namespace, device: torch.device, root: Pa
                                             decoders=args.decoders, nvdec=nvdec, jpeg=args.jpeg,
                                             decord=decord).items():
         loader = StreamLoader(source, batch_size=per_load, stages=stages, num_workers=args.workers,
-                              shuffle_window=64, pin_memory=cuda, prefetch_factor=4, max_skip_fraction=0.0,
-                              start_method="fork")  # workers never touch CUDA; closures do not pickle
+                              shuffle_window=64, pin_memory=cuda, prefetch_factor=4, max_skip_fraction=0.0)
         if args.prefetch:
             made = DevicePrefetcher(loader, stage, device, depth=2)
         else:

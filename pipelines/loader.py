@@ -115,13 +115,13 @@ def worker_batches(data: IterableDataset, *, num_workers: int, start_method: str
                    pin_memory: bool, seed: int) -> Iterator[tuple[dict, float]]:
     """Batches of `data` through a DataLoader (worker processes when asked), each with the seconds waited for it.
 
-    Workers start with fork, or forkserver once CUDA is initialised (fork after CUDA initialisation can hang),
-    unless `start_method` says otherwise.
+    Workers start with fork unless `start_method` says otherwise, also once CUDA is initialised: workers never
+    touch CUDA (what is unsafe after a fork), and the stages the factories build are closures, which fork hands
+    over as they are while forkserver and spawn would have to pickle them (and fail).
     """
     kwargs: dict[str, Any] = {}
     if num_workers:
-        context = start_method or ("forkserver" if torch.cuda.is_available() and torch.cuda.is_initialized()
-                                   else "fork")
+        context = start_method or "fork"
         kwargs = dict(multiprocessing_context=multiprocessing.get_context(context), prefetch_factor=prefetch_factor)
     # a private generator: creating the iterator must not draw from the global torch RNG, or a resumed run
     # (which restores that RNG) would diverge from an uninterrupted one
@@ -187,8 +187,7 @@ class StreamLoader:
         max_skip_fraction: stop with a DataError when more samples than this are skipped.
         pin_memory: pin batches for fast host-to-device copies.
         prefetch_factor: batches each worker prepares ahead.
-        start_method: worker start method; default fork, or forkserver once CUDA is initialised (fork after
-            CUDA initialisation can hang).
+        start_method: worker start method; default fork (stages are closures; workers never touch CUDA).
     """
 
     def __init__(self, source: str | Sequence[str], *, batch_size: int, stages: Sequence[Stage] = (), seed: int = 0,

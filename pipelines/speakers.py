@@ -130,7 +130,7 @@ class SpeakerBatchLoader:
         max_skip_fraction: stop with a DataError when more samples than this are skipped.
         pin_memory: pin batches for host-to-device copies.
         prefetch_factor: batches each worker prepares ahead.
-        start_method: worker start method (default fork, forkserver once CUDA is initialised).
+        start_method: worker start method (default fork: stages are closures; workers never touch CUDA).
     """
 
     def __init__(self, source: str | Sequence[str], *, batch_size: int, stages: Sequence[Stage] = (), seed: int = 0,

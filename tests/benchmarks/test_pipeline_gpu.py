@@ -98,6 +98,19 @@ def test_shards_are_made_once_and_repeated_to_cover_the_steps(tmp_path):
     assert len(loader) == 2 and loader.shards.total == 12
 
 
+def test_loader_workers_start_once_cuda_is_initialised(tmp_path, monkeypatch):
+    """On a GPU the step initialises CUDA before the loader starts its workers; they must still start, with the
+    closure stages the factories build (forkserver or spawn would have to pickle them)."""
+    from pipelines.images import decode_images
+    from pipelines.loader import StreamLoader
+
+    index = media_shards(tmp_path, "mae-tiny", distinct=4)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    batch = next(iter(StreamLoader(str(index), batch_size=2, stages=[decode_images()], num_workers=1)))
+    assert batch["image"].shape[:2] == (2, 3)
+
+
 def test_streamed_nvdec_decodes_like_nvdec_on_the_cpu(tmp_path):
     from benchmarks.pipeline import make_videos
 

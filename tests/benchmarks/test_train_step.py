@@ -55,7 +55,7 @@ def test_both_sides_train_alike(key):
         ref(b)
     with torch.no_grad():
         lo, lr_ = float(ours.loss(batches[2])), float(ref.loss(batches[2]))
-    before = float(build_ours(spec)(batches[2].ours).loss)
+        before = float(build_ours(spec)(batches[2].ours).loss)
     assert abs(lo - lr_) / lr_ < 1e-4
     assert abs(lo - before) / before > 1e-3  # the steps changed the model: the comparison is not of untouched ones
 
