@@ -124,3 +124,17 @@ def test_recipe_writes_the_inpainting_figure_when_asked(tmp_path) -> None:
     (png,) = figures_of("image/context_encoder_tiny", tmp_path)
     with Image.open(png) as img:  # input with the hole, inpainting, original; 2 samples at 2x
         assert img.format == "PNG" and img.size == (3 * 96, 2 * 96)
+
+
+@pytest.mark.parametrize("decoder_depth", [0, 1])
+def test_forward_cnn(decoder_depth: int) -> None:
+    from mmssl.models.cnn import CNNEncoder
+
+    encoder = CNNEncoder("resnet10t", modality={"name": "image", "patch": [8, 8], "size": [64, 64]})
+    method = ContextEncoder(encoder, disc_width=8, decoder_depth=decoder_depth, decoder_dim=32, decoder_heads=4)
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    out = method({"image": encoder.modality.tokenize(encoder.modality.normalize(images))})
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and any(p.grad is not None for p in encoder.parameters())
+    hole, _ = border_weights(method.regions(images), overlap=4)
+    assert method.inpaint(images, hole).shape == images.shape

@@ -29,6 +29,15 @@ def test_permutation_set_is_deterministic_cached_and_spread(tmp_path) -> None:
     assert min_hamming(hamming_permutations(24, cache_dir=tmp_path)) == 7
 
 
+@pytest.mark.slow
+def test_paper_size_permutation_set(tmp_path) -> None:
+    perms = hamming_permutations(1000, cache_dir=tmp_path)  # about 7 s of CPU, then cached
+    assert perms.shape == (1000, 9) and len({tuple(r) for r in perms.tolist()}) == 1000
+    assert (np.sort(perms, axis=1) == np.arange(9)).all()
+    assert min_hamming(perms) == 5  # any two of the paper's 1000 classes differ in at least 5 of 9 places
+    assert np.array_equal(hamming_permutations(1000, cache_dir=tmp_path), perms)
+
+
 def test_tiles_come_from_their_cells_with_gap_and_jitter() -> None:
     # pixel value = its (row, col) code, so each tile tells where it was cut
     x = (torch.arange(48).reshape(48, 1) * 100 + torch.arange(48)).float().reshape(1, 1, 48, 48).repeat(2, 1, 1, 1)

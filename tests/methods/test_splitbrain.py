@@ -77,3 +77,15 @@ def test_splitbrain_learns_coloured_objects() -> None:
     assert ab_ce < ab_const - 0.2 and l_ce < l_const - 0.2
     assert r["trained"] > r["random"] + 10.0
     assert r["linear"] > r["linear_random"] + 3.0 and 100 - r["linear"] < 0.5 * (100 - r["linear_random"])
+
+
+def test_forward_cnn() -> None:
+    from mmssl.models.cnn import CNNEncoder
+
+    encoder = CNNEncoder("resnet10t", modality={"name": "image", "patch": [8, 8], "size": [64, 64]})
+    method = SplitBrain(encoder)
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    out = method({"image": encoder.modality.tokenize(encoder.modality.normalize(x))})
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and method.encoder.dim == 2 * encoder.dim
+    assert any(p.grad is not None for p in method.encoder.ab_net.parameters())
