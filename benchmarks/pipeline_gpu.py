@@ -123,7 +123,9 @@ def feeds(spec: Spec, *, key: str, device: torch.device, repeats: int, decoders:
 
 
 def _as_batch(out: dict, name: str) -> Batch:
-    return Batch(out, None, out[name].batch_size)  # type: ignore[arg-type]
+    """The step's input: only the key the method reads, so the compiled step sees the dict the synthetic batches
+    have (other keys would be new guards, and a recompilation)."""
+    return Batch({name: out[name]}, None, out[name].batch_size)
 
 
 def measure(step: OursStep, batches: Iterable[Batch], *, steps: int, warmup: int,
@@ -141,10 +143,32 @@ def measure(step: OursStep, batches: Iterable[Batch], *, steps: int, warmup: int
     return (done / (time.perf_counter() - start) if ran else math.nan), ran
 
 
-def run_model(key: str, args: argparse.Namespace, device: torch.device, root: Path) -> list[dict[str, Any]]:
-    """Synthetic and shard-fed rates of one model; prints them and returns rows."""
+def measure_feed(step: OursStep, source: list[str], stages: list, stage: Any, args: argparse.Namespace,
+                 device: torch.device, per_load: int, name: str) -> tuple[float, str, str]:
+    """The shard-fed rate of one feed; a note on the prefetch thread; the loader's stats."""
     from pipelines.loader import StreamLoader
 
+    loader = StreamLoader(source, batch_size=per_load, stages=stages, num_workers=args.workers, shuffle_window=64,
+                          pin_memory=device.type == "cuda", prefetch_factor=4, max_skip_fraction=0.0)
+    made = DevicePrefetcher(loader, stage, device, depth=2) if args.prefetch else (stage(b, device) for b in loader)
+    start = time.perf_counter()
+    try:
+        rate, ran = measure(step, (_as_batch(b, name) for b in made), steps=args.steps, warmup=args.warmup,
+                            device=device)
+    finally:
+        if isinstance(made, DevicePrefetcher):
+            made.close()
+    wall = time.perf_counter() - start
+    extra = ""
+    if isinstance(made, DevicePrefetcher):
+        extra = f", device stage busy {made.produced_s / wall:.0%} of the time, step waited {made.waited_s / wall:.0%}"
+    if ran < args.steps:
+        extra += f"; warning: the feed ended after {ran} timed steps"
+    return rate, extra, loader.stats.summary()
+
+
+def run_model(key: str, args: argparse.Namespace, device: torch.device, root: Path) -> list[dict[str, Any]]:
+    """Synthetic and shard-fed rates of one model; prints them and returns rows."""
     spec = SPECS[key]
     batch = args.batch.get(spec.method) or spec.batch
     cuda = device.type == "cuda"
@@ -173,26 +197,13 @@ def run_model(key: str, args: argparse.Namespace, device: torch.device, root: Pa
     for feed, (stages, stage, what) in feeds(spec, key=key, device=device, repeats=args.repeats,
                                             decoders=args.decoders, nvdec=nvdec, jpeg=args.jpeg,
                                             decord=decord).items():
-        loader = StreamLoader(source, batch_size=per_load, stages=stages, num_workers=args.workers,
-                              shuffle_window=64, pin_memory=cuda, prefetch_factor=4, max_skip_fraction=0.0)
-        if args.prefetch:
-            made = DevicePrefetcher(loader, stage, device, depth=2)
-        else:
-            made = (stage(b, device) for b in loader)
-        start = time.perf_counter()
-        rate, ran = measure(step, (_as_batch(b, name) for b in made), steps=args.steps, warmup=args.warmup,
-                            device=device)
-        wall = time.perf_counter() - start
-        extra = ""
-        if isinstance(made, DevicePrefetcher):
-            made.close()
-            extra = f", device stage {made.produced_s / wall:.0%} of the thread's time, step waited " \
-                    f"{made.waited_s / wall:.0%} for data"
-        if ran < args.steps:
-            print(f"  warning: the feed ended after {ran} timed steps", flush=True)
+        try:
+            rate, extra, stats = measure_feed(step, source, stages, stage, args, device, per_load, name)
+        except Exception as err:  # noqa: BLE001 - one failing feed (a decoder crash) must not hide the others
+            rate, extra, stats = math.nan, "", f"FAILED: {type(err).__name__}: {err}"
         rows.append({"model": key, "feed": feed, "rate": rate, "ratio": rate / rows[0]["rate"], "what": what})
         print(f"  {feed} ({what}): {rate:.1f} samples/s = {rows[-1]['ratio']:.2f} of synthetic{extra}; "
-              f"loader {loader.stats.summary()}", flush=True)
+              f"loader {stats}", flush=True)
     return rows
 
 

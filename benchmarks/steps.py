@@ -27,6 +27,7 @@ from mmssl.tokens import Tokens, TubeMask, patchify, visible_from_mask  # noqa: 
 __all__ = ["Spec", "SPECS", "Batch", "build_ours", "build_reference", "make_batches", "OursStep", "ReferenceStep",
            "step_flops", "sync"]
 
+
 @dataclass(frozen=True)
 class Spec:
     """One benchmarked model: encoder by timm name, decoder sizes, input size, default batch."""
@@ -97,7 +98,7 @@ class Batch:
     """One input in both forms: ours (a method batch with Tokens and drawn visible indices), the reference's."""
 
     ours: dict
-    ref: tuple[Tensor, Tensor]  # MAE: (images, noise); VideoMAE: (clips, bool mask)
+    ref: tuple[Tensor, Tensor] | None  # MAE: (images, noise); VideoMAE: (clips, bool mask); None: ours only
     size: int
 
 

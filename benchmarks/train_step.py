@@ -23,6 +23,7 @@ import argparse
 import math
 import sys
 import time
+import traceback
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,6 +117,8 @@ def check_losses(spec: Spec, ours: OursStep, ref: ReferenceStep, batch: Batch) -
 
 @dataclass
 class Timing:
+    """One timed round: ms per step, samples per second, peak GiB above resident (NaN on a CPU), last loss."""
+
     ms: float
     per_s: float
     peak_gib: float
@@ -250,9 +253,21 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     what = f"{torch.cuda.get_device_name(device)}" if device.type == "cuda" else "CPU"
     print(f"device {device} ({what}), torch {torch.__version__}, compile {args.compile}", flush=True)
     names = ["mae", "videomae"] if args.model == "both" else [args.model]
-    results = [run_model(SPECS[f"{n}-tiny" if args.tiny else n], args, device) for n in names]
+    results = []
+    for n in names:
+        spec = SPECS[f"{n}-tiny" if args.tiny else n]
+        try:
+            results.append(run_model(spec, args, device))
+        except Exception as err:  # noqa: BLE001 - one model failing (out of memory) must not hide the other
+            traceback.print_exc()
+            results.append({"spec": spec, "failed": f"{type(err).__name__}: {err}", "passed": False})
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
     print("\nmodel      batch  baseline/s    ours/s  ratio  ours TFLOP/s  loss check")
     for r in results:
+        if "failed" in r:
+            print(f"{r['spec'].method:<10} FAILED: {r['failed']}")
+            continue
         t = r["timing"]
         print(f"{r['spec'].method:<10} {r['batch']:5d} {t['baseline'].per_s:11.1f} {t['ours'].per_s:9.1f} "
               f"{r['ratio']:6.2f} {r['flops'] / t['ours'].ms / 1e9:13.3g}  {'PASS' if r['passed'] else 'FAIL'}")

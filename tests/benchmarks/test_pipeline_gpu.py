@@ -7,6 +7,7 @@ import math
 import re
 import shlex
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -137,7 +138,7 @@ def gpu_all_commands(script: str) -> list[list[str]]:
     """The arguments after each `benchmarks/<script>` call in gpu_all.sh (continued lines joined), with stand-ins
     for shell variables ("2" after --workers, "x" elsewhere)."""
     text = (ROOT / "benchmarks" / "gpu_all.sh").read_text().replace("\\\n", " ")
-    calls = [shlex.split(c) for c in re.findall(rf"benchmarks/{script}((?: [^\n]*)?)", text)]
+    calls = [shlex.split(c) for c in re.findall(rf"benchmarks/{re.escape(script)}((?: [^\n]*)?)", text)]
     return [[("2" if i and c[i - 1] == "--workers" else "x") if a.startswith("$") else a for i, a in enumerate(c)]
             for c in calls]
 
@@ -150,3 +151,7 @@ def test_gpu_all_is_valid_bash_and_calls_the_scripts_with_options_they_take():
         train_step.parse_args(args)
     for args in feed:
         pipeline_gpu.parse_args(args)
+    cpu = gpu_all_commands("pipeline.py")
+    helped = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "pipeline.py"), "--help"], check=True,
+                            capture_output=True, text=True).stdout
+    assert cpu and all(a in helped for args in cpu for a in args if a.startswith("--"))
