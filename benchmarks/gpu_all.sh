@@ -44,8 +44,8 @@ body() {
   workers=$(( $(nproc) > 3 ? $(nproc) - 2 : 1 ))
 
   if [ "$part" = all ] || [ "$part" = main ]; then
-    run 90 "CUDA tests of the benchmarks" $PY -m pytest -q -rs -p no:cacheprovider tests/benchmarks -k cuda
-    run 240 "train_step.py: MAE ViT-B/16 b256 and VideoMAE ViT-B b32, ours vs baseline" \
+    run 60 "CUDA tests of the benchmarks" $PY -m pytest -q -rs -p no:cacheprovider tests/benchmarks -k cuda
+    run 300 "train_step.py: MAE ViT-B/16 b256 and VideoMAE ViT-B b32, ours vs baseline" \
       $PY benchmarks/train_step.py --model both
     if [ -f .gpu-media/shards/mae/index.json ] && [ -f .gpu-media/shards/videomae/index.json ]; then
       media=.gpu-media  # made beforehand with `pipeline_gpu.py --prepare --workdir .gpu-media` and carried
@@ -56,7 +56,7 @@ body() {
       echo "### pipeline_gpu.py skipped: no carried shards in .gpu-media and no PyAV to make them"
     fi
     if [ -n "$media" ]; then
-      run 270 "pipeline_gpu.py: shards vs synthetic (nvjpeg, CPU decode, NVDEC, decord), $workers workers" \
+      run 230 "pipeline_gpu.py: shards vs synthetic (nvjpeg, CPU decode, NVDEC, decord), $workers workers" \
         $PY benchmarks/pipeline_gpu.py --workdir "$media" --workers "$workers"
     fi
   fi

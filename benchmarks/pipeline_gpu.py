@@ -247,8 +247,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         torch.set_num_threads(1)  # the workers have the other cores
     root = Path(args.workdir or tempfile.mkdtemp(prefix="mmssl-pipeline-gpu-"))
     what = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"device {device} ({what}), {os.cpu_count()} cores, torch {torch.__version__}, NVDEC "
-          f"{'available' if importable('PyNvVideoCodec') else 'not installed'}, device prefetch {args.prefetch}, in {root}", flush=True)
+    nvdec = "available" if importable("PyNvVideoCodec") else "not installed"
+    print(f"device {device} ({what}), {os.cpu_count()} cores, torch {torch.__version__}, NVDEC {nvdec}, "
+          f"device prefetch {args.prefetch}, in {root}", flush=True)
     rows: list[dict[str, Any]] = []
     keys = [f"{m}-tiny" if args.tiny else m for m in (["mae", "videomae"] if args.model == "both" else [args.model])]
     if args.prepare:

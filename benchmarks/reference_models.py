@@ -151,7 +151,7 @@ class ReferenceVideoMAE(nn.Module):
         x = self.encoder_to_decoder(self.encoder.norm(x))  # (B, K, Dd)
         pos = self.decoder_pos.expand(b, -1, -1).type_as(x).detach()
         cd = pos.shape[-1]
-        pos_vis, pos_mask = pos[~mask].reshape(b, -1, cd), pos[mask].reshape(b, -1, cd)
+        pos_vis, pos_mask = pos[~mask].reshape(b, -1, cd), pos[mask].reshape(b, -1, cd)  # (B, K, Dd), (B, N-K, Dd)
         x = torch.cat([x + pos_vis, self.mask_token + pos_mask], dim=1)  # (B, N, Dd): visible, then hidden
         for block in self.decoder.blocks:
             x = block(x)
@@ -192,6 +192,12 @@ def _block_state(ours: dict[str, Tensor], src: str, dst: str, out: dict[str, Ten
             out[f"{dst}{index}.{leaf}"] = value
 
 
+def _copy(ours: dict[str, Tensor], src: str, out: dict[str, Tensor], dst: str) -> None:
+    """Weight and bias of one layer under a new name."""
+    for kind in ("weight", "bias"):
+        out[f"{dst}.{kind}"] = ours[f"{src}.{kind}"]
+
+
 @torch.no_grad()
 def load_from_ours(ref: ReferenceMAE | ReferenceVideoMAE, ours: nn.Module, grid: tuple[int, ...]) -> None:
     """Copies a mmssl MAE / VideoMAE into the baseline, so both compute the same function.
@@ -219,8 +225,8 @@ def load_from_ours(ref: ReferenceMAE | ReferenceVideoMAE, ours: nn.Module, grid:
         out["mask_token"] = sd["decoder.queries.mask_token"]
         out["decoder_pos_embed"] = torch.cat([torch.zeros_like(dec_pos[:1]), dec_pos])[None]
         _block_state(sd, "decoder.blocks.", "decoder_blocks.", out)
-        out["decoder_norm.weight"], out["decoder_norm.bias"] = sd["decoder.head.norm.weight"], sd["decoder.head.norm.bias"]
-        out["decoder_pred.weight"], out["decoder_pred.bias"] = sd["decoder.head.pred.weight"], sd["decoder.head.pred.bias"]
+        _copy(sd, "decoder.head.norm", out, "decoder_norm")
+        _copy(sd, "decoder.head.pred", out, "decoder_pred")
     else:
         out["encoder.patch_embed.proj.weight"] = _linear_to_conv(sd["encoder.patch_embed.proj.weight"], ref.tubelet)
         out["encoder.patch_embed.proj.bias"] = sd["encoder.patch_embed.proj.bias"]
@@ -229,8 +235,8 @@ def load_from_ours(ref: ReferenceMAE | ReferenceVideoMAE, ours: nn.Module, grid:
         out["encoder_to_decoder.weight"] = sd["decoder.queries.proj.weight"]
         out["mask_token"] = sd["decoder.queries.mask_token"]
         _block_state(sd, "decoder.blocks.", "decoder.blocks.", out)
-        out["decoder.norm.weight"], out["decoder.norm.bias"] = sd["decoder.head.norm.weight"], sd["decoder.head.norm.bias"]
-        out["decoder.head.weight"], out["decoder.head.bias"] = sd["decoder.head.pred.weight"], sd["decoder.head.pred.bias"]
+        _copy(sd, "decoder.head.norm", out, "decoder.norm")
+        _copy(sd, "decoder.head.pred", out, "decoder.head")
         ref.encoder_pos.copy_(enc_pos[None])
         ref.decoder_pos.copy_(dec_pos[None])
     ref.load_state_dict(out, strict=True)
