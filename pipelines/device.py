@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from mmssl.modalities import Modality, get_modality
-from mmssl.tokens import Tokens
+from mmssl.tokens import Tokens, visible_from_mask
 from pipelines.augment import Augment, resized_crop
 from pipelines.fbank import Fbank
 from pipelines.images import decode_jpeg_batch
@@ -246,7 +246,9 @@ class DeviceStage:
             return tokens
         # one generator per sample on the CPU: the same mask whatever the device or the batch around it
         masks = [self.mask(1, tokens.grid, generator=sample_generator(s, e, k, "mask")) for s, e, k in ids]
-        return tokens.with_mask(torch.cat(masks).to(x.device))
+        # indices from the masks on the CPU: `visible_from_mask` checks counts, which on a GPU would make it wait
+        visible = visible_from_mask(torch.cat(masks))  # (B, K)
+        return replace(tokens, visible=visible.to(x.device, non_blocking=True))
 
     def _common(self, batch: dict[str, Any], repeat: int, device: torch.device) -> dict[str, Any]:
         keys = list(batch["__key__"])
