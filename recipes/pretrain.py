@@ -91,6 +91,7 @@ def pretrain(cfg: dict[str, Any], *, resume: str | bool | None = None, run_dir: 
     method = instantiate(cfg["method"], where="method").to(device)
     model = method
     if world > 1:
+        method = dist.sync_batchnorm(method, device)  # BN over the global batch (BYOL, SimCLR, MoCo v3, DINO)
         if train.strategy == "fsdp":
             from torch.distributed.fsdp import fully_shard
 

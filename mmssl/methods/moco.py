@@ -66,6 +66,7 @@ class MoCo(nn.Module):
     """
 
     modalities = ("image", "video", "audio")
+    sync_batchnorm = False  # shuffle-BN relies on per-rank statistics; the recipe must not make them global
 
     def __init__(self, encoder: nn.Module, *, dim: int = 128, hidden_dim: int | None = None, mlp: bool = True,
                  queue_size: int = 65536, momentum: float = 0.999, temperature: float = 0.2) -> None:

@@ -1,4 +1,5 @@
-"""torch.distributed helpers: start from torchrun's environment, gather with gradients, rank queries."""
+"""torch.distributed helpers: start from torchrun's environment, gather with gradients, rank queries, and
+cross-rank BatchNorm for the methods whose heads (or CNN encoders) normalise over the batch."""
 
 from __future__ import annotations
 
@@ -6,9 +7,9 @@ import os
 
 import torch
 import torch.distributed as dist
-from torch import Tensor
+from torch import Tensor, nn
 
-__all__ = ["init_distributed", "is_distributed", "rank", "world_size", "all_gather_with_grad"]
+__all__ = ["init_distributed", "is_distributed", "rank", "world_size", "all_gather_with_grad", "sync_batchnorm"]
 
 
 def is_distributed() -> bool:
@@ -60,3 +61,36 @@ def all_gather_with_grad(x: Tensor) -> Tensor:
     Without a process group it returns `x`.
     """
     return _GatherWithGrad.apply(x) if is_distributed() else x
+
+
+def _has_batchnorm(module: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+
+
+def sync_batchnorm(method: nn.Module, device: torch.device) -> nn.Module:
+    """Turns every BatchNorm of `method` into `SyncBatchNorm` for a multi-process run on an accelerator.
+
+    The papers normalise over the global batch: BYOL's cross-replica BN, SimCLR's `global_bn`, and MoCo v3 and
+    DINO call `convert_sync_batchnorm` on the whole model (heads, momentum/teacher copies, CNN encoders); with
+    per-rank BN a head of a 4096 batch on 64 GPUs would see 64 samples. Call it before wrapping in DDP.
+    Conversion keeps the Parameter and buffer objects and the state-dict keys, so optimisers, EMA updates and
+    checkpoints are unaffected.
+
+    Left alone (returned as is):
+    - one process (`world_size() == 1`): plain BN already sees the whole batch;
+    - a CPU device: torch's SyncBatchNorm raises on CPU tensors once a process group exists, so gloo runs keep
+      per-rank statistics (and the CPU tests check the conversion without running it);
+    - a method with `sync_batchnorm = False`: MoCo v2's shuffle-BN needs per-rank statistics of shuffled keys.
+
+    Args:
+        method: the method module (not yet wrapped).
+        device: the device it runs on.
+
+    Returns:
+        `method`, its BatchNorm layers replaced in place where conversion applies.
+    """
+    if world_size() <= 1 or device.type == "cpu" or not getattr(method, "sync_batchnorm", True):
+        return method
+    if not _has_batchnorm(method):
+        return method
+    return nn.SyncBatchNorm.convert_sync_batchnorm(method)
