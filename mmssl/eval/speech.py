@@ -176,14 +176,15 @@ def train_probe(feats: Tensor, labels: Tensor, *, num_classes: int, epochs: int 
     opt = torch.optim.Adam(probe.linear.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
     n = len(labels)
-    for _ in range(epochs):
-        order = torch.randperm(n, generator=gen)
-        for start in range(0, n, batch_size):
-            idx = order[start:start + batch_size]
-            loss = F.cross_entropy(probe(feats[idx]), labels[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+    with torch.enable_grad():  # callers often hold features made under no_grad
+        for _ in range(epochs):
+            order = torch.randperm(n, generator=gen)
+            for start in range(0, n, batch_size):
+                idx = order[start:start + batch_size]
+                loss = F.cross_entropy(probe(feats[idx]), labels[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
     return probe.eval()
 
 

@@ -5,9 +5,11 @@ Follows `facebookresearch/CPC_audio` (`cpc/criterion/criterion.py` `CPCUnsupersi
 `PredictionNetwork`, `sampleClean`), REFERENCE.md §1.18:
 - z = g_enc(x) (one latent per 160 samples), c = g_ar(z) (`mmssl.models.cpc_audio.CPCAudioEncoder`);
 - with T latents and K = 12 steps only the first W = T - K contexts predict: step k scores c_t against
-  z_{t+k} (the positive) and M = 128 negatives per position, with score `(W_k c_t . z).mean(dim)` (a mean over
-  the channels, not a sum). W_k is one bias-free linear map per step (the paper) or a one-layer causal
-  transformer per step (the CPC2 variant, `rnnMode=transformer`);
+  z_{t+k} (the positive) and M = 128 negatives per position, with score `(W_k c_t . z).mean(dim)` (CPC_audio: a
+  mean over the channels) or the paper's `z^T W_k c_t` (a sum: logits D times larger for the same weights, which
+  shortens the start of short runs, where tiny logits leave the loss flat for hundreds of steps). W_k is one
+  bias-free linear map per step (the paper) or a one-layer causal transformer per step (the CPC2 variant,
+  `rnnMode=transformer`);
 - negatives are drawn once per batch and shared by the K steps: a uniform row of the batch and a time index
   (t + r) mod T with r uniform in [1, T), so a negative is never the latent at the same time in its own row
   ("batch", `sampleClean`); "sequence" draws the row as the position's own one (same utterance, so same
@@ -34,35 +36,42 @@ def draw_negatives(z: Tensor, *, count: int, window: int, same_row: bool = False
     """Negatives (B, count, window, D) from latents z (B, T, D), as CPC_audio's `sampleClean`.
 
     Position (b, t) takes rows uniform over the batch (or b itself when `same_row`) and time indices
-    (t + r) mod T with r uniform in [1, T).
+    (t + r) mod T with r uniform in [1, T). The result is a view whose memory is (B, window, count, D), the
+    layout the scores' batched matmul reads without a copy.
     """
     b, t, d = z.shape
-    n = b * count * window
-    rows = torch.randint(0, b, (n,), device=z.device, generator=generator)
+    shape = (b, window, count)
     if same_row:
-        rows = torch.arange(b, device=z.device).repeat_interleave(count * window)  # (B*count*W,), row-major in b
-    shift = torch.randint(1, t, (n,), device=z.device, generator=generator)
-    base = torch.arange(window, device=z.device).repeat(b * count)  # (B*count*W,): t for each drawn slot
-    times = torch.remainder(base + shift, t)
+        rows = torch.arange(b, device=z.device)[:, None, None].expand(shape)
+    else:
+        rows = torch.randint(0, b, shape, device=z.device, generator=generator)
+    shift = torch.randint(1, t, shape, device=z.device, generator=generator)
+    times = torch.remainder(torch.arange(window, device=z.device)[None, :, None] + shift, t)  # (B, W, count)
     flat = z.reshape(b * t, d)  # (B, T, D) -> (B*T, D)
-    return flat[rows * t + times].reshape(b, count, window, d)  # (B*count*W, D) -> (B, count, W, D)
+    return flat[rows * t + times].permute(0, 2, 1, 3)  # (B, W, count, D) -> (B, count, W, D), a view
 
 
-def cpc_info_nce(pred: Tensor, positive: Tensor, negatives: Tensor) -> tuple[Tensor, Tensor]:
+def cpc_info_nce(pred: Tensor, positive: Tensor, negatives: Tensor, *,
+                 score: str = "mean") -> tuple[Tensor, Tensor]:
     """InfoNCE of one prediction step with the positive at index 0.
 
     Args:
         pred: predictions W_k c_t (B, W, D).
         positive: the true latents z_{t+k} (B, W, D).
         negatives: (B, M, W, D).
+        score: "mean" over the D channels (CPC_audio) or the plain "dot" product z^T W_k c_t (the paper).
 
     Returns:
-        The mean over the B x W positions of `-log softmax(s)[0]` where `s = [mean_d(pred * pos), mean_d(pred *
-        neg_1), ...]`, and the fraction of positions where the positive scores highest.
+        The mean over the B x W positions of `-log softmax(s)[0]` where `s = [f(pred, pos), f(pred, neg_1), ...]`
+        with f the score, and the fraction of positions where the positive scores highest.
     """
-    candidates = torch.cat([positive.unsqueeze(1), negatives], dim=1)  # (B, 1+M, W, D): the positive first
-    scores = (pred.unsqueeze(1) * candidates).mean(dim=-1)  # (B, 1+M, W)
-    logits = scores.permute(0, 2, 1).reshape(-1, scores.shape[1])  # (B, W, 1+M) -> (B*W, 1+M)
+    if score not in ("mean", "dot"):
+        raise ValueError(f"score must be 'mean' or 'dot', got {score!r}")
+    pos = (pred * positive).sum(dim=-1, keepdim=True)  # (B, W, 1)
+    neg = torch.einsum("bwd,bmwd->bwm", pred, negatives)  # (B, W, M)
+    logits = torch.cat([pos, neg], dim=-1).flatten(0, 1)  # (B, W, 1+M) -> (B*W, 1+M): the positive first
+    if score == "mean":
+        logits = logits / pred.shape[-1]
     labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
     loss = F.cross_entropy(logits.float(), labels)
     acc = (logits.argmax(dim=1) == 0).float().mean()
@@ -93,19 +102,24 @@ class CPCSpeech(nn.Module):
         predictor: "linear" (one W_k per step, the paper) or "transformer" (CPC2).
         negatives_from: "batch" (uniform over the batch) or "sequence" (the position's own window).
         heads: attention heads of the transformer predictor.
+        score: "mean" (CPC_audio, the channel mean of W_k c_t * z) or "dot" (the paper, z^T W_k c_t).
     """
 
     modalities = ("audio",)
 
     def __init__(self, encoder: CPCAudioEncoder, *, predict_steps: int = 12, negatives: int = 128,
-                 predictor: str = "linear", negatives_from: str = "batch", heads: int = 8) -> None:
+                 predictor: str = "linear", negatives_from: str = "batch", heads: int = 8,
+                 score: str = "mean") -> None:
         super().__init__()
         if predictor not in ("linear", "transformer"):
             raise ValueError(f"predictor must be 'linear' or 'transformer', got {predictor!r}")
         if negatives_from not in ("batch", "sequence"):
             raise ValueError(f"negatives_from must be 'batch' or 'sequence', got {negatives_from!r}")
+        if score not in ("mean", "dot"):
+            raise ValueError(f"score must be 'mean' or 'dot', got {score!r}")
         self.encoder = encoder
         self.predict_steps, self.negatives, self.negatives_from = predict_steps, negatives, negatives_from
+        self.score = score
         h, d = encoder.context_dim, encoder.dim
         if predictor == "linear":
             self.predictors = nn.ModuleList(nn.Linear(h, d, bias=False) for _ in range(predict_steps))
@@ -123,7 +137,7 @@ class CPCSpeech(nn.Module):
         negs = draw_negatives(z, count=self.negatives, window=window, same_row=self.negatives_from == "sequence")
         losses, accs = [], []
         for k, predictor in enumerate(self.predictors, start=1):
-            loss, acc = cpc_info_nce(predictor(ctx), z[:, k:k + window], negs)
+            loss, acc = cpc_info_nce(predictor(ctx), z[:, k:k + window], negs, score=self.score)
             losses.append(loss)
             accs.append(acc)
         return torch.stack(losses), torch.stack(accs)

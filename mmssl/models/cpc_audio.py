@@ -54,9 +54,10 @@ class ChannelNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(1, channels, 1))
 
     def forward(self, x: Tensor) -> Tensor:
-        mean = x.mean(dim=1, keepdim=True)
-        var = x.var(dim=1, keepdim=True)  # unbiased, as CPC_audio's ChannelNorm
-        return (x - mean) * torch.rsqrt(var + self.eps) * self.weight + self.bias
+        centred = x - x.mean(dim=1, keepdim=True)
+        # unbiased, as CPC_audio's ChannelNorm; written out because Tensor.var over dim 1 is ~10x slower on CPU
+        var = centred.pow(2).sum(dim=1, keepdim=True) / (x.shape[1] - 1)
+        return centred * torch.rsqrt(var + self.eps) * self.weight + self.bias
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
