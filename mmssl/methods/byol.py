@@ -9,7 +9,16 @@ An online network (encoder, projector, predictor) predicts the projection that a
   1000, set by `update(progress)` after every optimiser step;
 - the target network runs with batch statistics like the online one (BYOL's target is in training mode).
 Asymmetric augmentations (blur 1.0 / 0.1, solarize 0 / 0.2) are the data config's two views; BYOL's cross-replica
-BN needs `SyncBatchNorm` in a multi-GPU run.
+BN is `SyncBatchNorm`, which the recipe converts to on several GPUs (`mmssl.train.distributed.sync_batchnorm`).
+
+Short runs: with no negatives, BYOL amplifies the factor that its two views share most. On the CPU learning test
+(tiny ViT, textures with random colours, 100 steps) that is the colour: the dominant-colour k-NN rises from 84%
+to 91% while the texture-class k-NN falls from 78% (random init) to 65%, with no collapse (embedding std 0.10 of
+0.125). Contrastive methods (SimCLR, MoCo) learn the class in the same setting. None of tau 0/0.9/0.96/0.996,
+a 10x predictor learning rate, 4x wider heads, BYOL's blur/solarize views, 0.08 crops, full hue jitter (the
+brightness then takes over), SGD or 400 steps gave a margin over random init. A BatchNorm ResNet (timm
+`test_resnet`) gains 3.5-4.7 points over its random init, but only -1 to +4 over a random init whose BN statistics
+are estimated on the data, so that gain is mostly BN statistics.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from torch import nn
 
 from mmssl.losses import normalized_mse
 from mmssl.methods.byol import BYOL
+from mmssl.tokens import Tokens
 
 SPEC = tiny_spec("image", patch=(8, 8), size=(32, 32))
 
@@ -74,18 +75,53 @@ def test_projector_and_predictor_are_byols() -> None:
     assert defaults.predictor.mlp[0].out_features == 4096 and defaults.predictor.out_dim == 256
 
 
-@pytest.mark.slow
-def test_byol_trains_without_collapse() -> None:
-    """At this CPU budget (100 steps) BYOL's online network learns to predict the target (the loss falls from
-    ~4 to ~1.4, i.e. cos(p, z') from ~0 to ~0.65) without collapsing, but its k-NN accuracy on textures stays
-    *below* random init (about 62-66% vs 75-78% over the lrs, momenta and widths tried); BYOL is known to need far
-    longer than contrastive methods. The k-NN figures are printed, not asserted."""
-    from twoviews import encoder, learn
+@pytest.fixture(scope="module")
+def trained_on_textures() -> dict[str, float]:
+    """BYOL trained for 100 steps on two views of textures (the SimCLR/MoCo tests' setting); k-NN top-1 of its
+    encoder and of the same encoder at random init, for the texture class and for a nuisance that both views
+    share: the image's dominant colour channel (the jitter rarely changes it)."""
+    import synthetic
+    from learning import knn_top1, snapshot
+    from twoviews import SPEC as VIEWS_SPEC, encoder, one_thread, train, two_view_batch
 
-    method = BYOL(encoder(), dim=64, hidden_dim=128, momentum=0.99)
-    r = learn(method, steps=100, lr=2e-3)
-    print(f"\nBYOL: loss {r['first']:.3f} -> {r['last']:.3f} ({r['secs']:.1f}s); k-NN top-1 trained "
-          f"{r['trained']:.1f}% vs random init {r['random']:.1f}%; embedding std {r['embedding_std']:.3f} "
-          f"(1/sqrt(64) = 0.125, collapse = 0)")
+    n = 1536
+    with one_thread():
+        torch.manual_seed(0)
+        method = BYOL(encoder(), dim=64, hidden_dim=128, momentum=0.99)
+        x, y = synthetic.textures(n + 256, generator=torch.Generator().manual_seed(0))
+        colour = x.mean((2, 3)).argmax(1)  # (N,) the brightest channel of each image
+        tokens = VIEWS_SPEC.tokenize(VIEWS_SPEC.normalize(x))
+        train_t, test_t = (Tokens(patches=tokens.patches[s], grid=tokens.grid, patch=tokens.patch, modality="image")
+                           for s in (slice(0, n), slice(n, None)))
+        random_init = snapshot(method.encoder)
+        first, last, secs, logs = train(method, two_view_batch(x[:n], [0]), n, steps=100, lr=2e-3, batch_size=64)
+        r = {"first": first, "last": last, "secs": secs, "embedding_std": logs["embedding_std"]}
+        for name, labels in (("class", y), ("colour", colour)):
+            r[f"{name}_trained"] = knn_top1(method.encoder, train_t, labels[:n], test_t, labels[n:])
+            r[f"{name}_random"] = knn_top1(random_init, train_t, labels[:n], test_t, labels[n:])
+    print(f"\nBYOL: loss {first:.3f} -> {last:.3f} ({secs:.1f}s); embedding std {r['embedding_std']:.3f} "
+          f"(1/sqrt(64) = 0.125, collapse = 0); k-NN top-1 trained vs random init: texture class "
+          f"{r['class_trained']:.1f}% vs {r['class_random']:.1f}%, dominant colour {r['colour_trained']:.1f}% vs "
+          f"{r['colour_random']:.1f}%")
+    return r
+
+
+@pytest.mark.slow
+def test_byol_trains_without_collapse_and_learns_what_its_views_share(trained_on_textures) -> None:
+    """The online network learns to predict the target (loss ~4 -> ~1.5, cos(p, z') ~0 -> ~0.63) without
+    collapsing, and its encoder learns the factor the two views share most: the dominant colour (84 -> 91%)."""
+    r = trained_on_textures
     assert r["last"] < r["first"] - 2.0
     assert r["embedding_std"] > 0.06
+    assert r["colour_trained"] > r["colour_random"] + 3.0
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="at this budget BYOL does not beat random init on the texture class "
+                   "(65.2% vs 78.1%): with no negatives it amplifies the largest factor its views share, the "
+                   "colour (and the brightness once hue is randomised), over the pattern; lower or higher tau, "
+                   "predictor lr x10, wider heads, BYOL's blur/solarize views, 0.08 crops, SGD and 400 steps "
+                   "did not close the gap (see the BYOL module docstring)")
+def test_byol_beats_random_init_on_the_texture_class(trained_on_textures) -> None:
+    r = trained_on_textures
+    assert r["class_trained"] > r["class_random"] + 4.0
