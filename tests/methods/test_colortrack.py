@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from colortrack_data import colour_videos, write_colour_davis
 from twoviews import one_thread
 
 import mmssl.methods.colortrack as ct
@@ -20,7 +21,7 @@ from mmssl.eval.presets import PropagationSettings
 from mmssl.methods.colortrack import ColorTrack, dequantize, kmeans, pointer, quantize
 from mmssl.modalities import get_modality
 from mmssl.models.tracker import TrackerEncoder
-from recipes.synthetic import SyntheticVideos, render_sequence, write_dataset
+from recipes.synthetic import SyntheticVideos, write_dataset
 
 SPEC = get_modality("image")
 
@@ -161,20 +162,25 @@ def _clip_sampler(videos: np.ndarray, gen: torch.Generator):
 
 @pytest.mark.slow
 def test_colorizer_learns_to_colour_and_track(tmp_path) -> None:
-    cfg = SyntheticVideos(size=48, frames=16)
-    videos = np.stack([render_sequence(SyntheticVideos(size=48, frames=16, seed=1), i)[0] for i in range(48)])
-    _, davis = write_dataset(tmp_path, train=0, val=4, cfg=cfg, progress=False)
-    sequences = read_davis(davis)
-    # features at 2x the training size: a 12 x 12 grid at stride 8 instead of 6 x 6
-    settings = PropagationSettings(topk=5, context=4, radius=6.0, temperature=0.1, size=96)
+    """Trained on objects of stable colour moving over a coloured backdrop (colortrack_data.py), the colourising
+    tracker propagates masks of held-out videos better than at random init and than copying the first mask.
+
+    Tiny-config choice: spatial dilations (1, 2, 4) instead of the paper's (1, 2, 4, 8, 16), which span half of
+    its 32 x 32 grid; on the 8 x 8 training grid dilations 8 and 16 read only padding, and then meet real content
+    for the first time on the evaluation's 16 x 16 grid (measured: J&F 0.17 with them vs 0.24 without, 180 steps).
+    """
+    videos = colour_videos(48, seed=1000, frames=16, size=64)
+    sequences = read_davis(write_colour_davis(tmp_path / "davis", 4, seed=0, frames=16, size=64))
+    # features at 2x the training size: a 16 x 16 grid at stride 8 instead of 8 x 8
+    settings = PropagationSettings(topk=5, context=4, radius=6.0, temperature=0.1, size=128)
     with one_thread():
         torch.manual_seed(0)
-        method = ColorTrack(_encoder(width=32, dim=32), kmeans_pixels=20_000)
+        method = ColorTrack(_encoder(width=32, dim=32, dilations=(1, 2, 4)), kmeans_pixels=20_000)
         random_init = copy.deepcopy(method.encoder).eval()
         make = _clip_sampler(videos, torch.Generator().manual_seed(0))
         opt = torch.optim.Adam(method.parameters(), lr=1e-3)
         start, losses, accs = time.perf_counter(), [], []
-        for _ in range(120):
+        for _ in range(200):
             out = method(make(8))
             opt.zero_grad()
             out.loss.backward()
@@ -190,10 +196,11 @@ def test_colorizer_learns_to_colour_and_track(tmp_path) -> None:
     print(f"\nColorTrack: loss {first:.3f} -> {last:.3f}, colour accuracy {sum(accs[:10]) / 10:.2f} -> "
           f"{sum(accs[-10:]) / 10:.2f} ({secs:.1f}s); DAVIS J&F trained {scores['trained']:.3f}, "
           f"random init {scores['random']:.3f}, copy first frame {copy_score:.3f}")
-    # measured: loss 2.24 -> 1.44, J&F trained 0.239 vs random init 0.014; copying the first frame scores 0.249,
-    # which this small run does not beat yet (see the report of issue 9)
-    assert last < first - 0.3
-    assert scores["trained"] > scores["random"] + 0.1
+    # measured (data/init seeds 0-2): loss ~1.9 -> ~1.0, J&F trained 0.19-0.26, random init 0.02-0.13, copying
+    # the first frame 0.09-0.13
+    assert last < first - 0.5
+    assert scores["trained"] > scores["random"] + 0.08
+    assert scores["trained"] > copy_score + 0.05
 
 
 def test_tiny_config_runs_two_steps(tmp_path) -> None:
