@@ -59,7 +59,9 @@ class CPCImage(nn.Module):
         context_blocks: residual blocks of the context network.
         crop: patch side after spatial jitter (random crop in training, centre crop otherwise); None keeps `patch`.
         flip: per-patch horizontal flip probability in training.
-        color_drop: per-patch probability of keeping one random colour channel (others zeroed) in training.
+        color_drop: per-patch probability of keeping one random colour channel (others zeroed) in training;
+            CPC v2 drops two of the three channels in every patch (1.0), which keeps a patch's colour, shared
+            by every patch of its image, from telling the positive apart without its content.
     """
 
     modalities = ("image",)

@@ -106,14 +106,22 @@ def test_cnn_patch_encoder() -> None:
 
 
 @pytest.mark.slow
-def test_cpc_pretext_accuracy_above_chance() -> None:
+def test_cpc_learns_textures_beyond_random_init() -> None:
+    """CPC on two-colour textures (class = pattern; colours random): the pretext accuracy rises far above chance
+    and k-NN on the mean-pooled patch embeddings beats the random-init encoder.
+
+    CPC v2's colour dropping (keep one random channel per patch) is what makes it learn: without it the colour of
+    a patch, shared by every patch of its image, identifies the image among the batch's negatives, and the features
+    learn colour instead of pattern (measured: k-NN 21 % vs 49 % at random init). Flips are left off: a flipped
+    diagonal stripe is the other diagonal, so per-patch flips would blur the classes this probe reads.
+    """
     gen = torch.Generator().manual_seed(0)
     images, labels = textures(640, size=32, generator=gen)
     spec = tiny_spec("image", patch=(8, 8), size=(32, 32))
     x = spec.normalize(images)
     torch.manual_seed(0)
     method = CPCImage(tiny_encoder(SPEC, depth=2, dim=48), patch=16, stride=8, steps=2, context_hidden=48,
-                      context_blocks=2, crop=12)
+                      context_blocks=2, crop=12, color_drop=1.0)
 
     def features(m: CPCImage, data: torch.Tensor) -> torch.Tensor:
         m.eval()
@@ -129,7 +137,7 @@ def test_cpc_pretext_accuracy_above_chance() -> None:
     method.train()
     opt = torch.optim.AdamW(method.parameters(), lr=1e-3, weight_decay=0.05)
     start, accs, losses = time.perf_counter(), [], []
-    for step in range(150):
+    for step in range(300):
         idx = torch.randint(512, (32,), generator=gen)
         out = method({"image": spec.tokenize(x[idx])})
         opt.zero_grad()
@@ -143,9 +151,9 @@ def test_cpc_pretext_accuracy_above_chance() -> None:
     acc = sum(accs[-10:]) / 10
     print(f"\nCPC image: loss {sum(losses[:10]) / 10:.3f} -> {sum(losses[-10:]) / 10:.3f}, step-1 accuracy "
           f"{acc:.3f} (chance {chance:.4f}) ({secs:.1f}s); k-NN top-1 {trained:.1f}% vs random init {rand:.1f}%")
-    # measured: step-1 accuracy 0.10 vs chance 0.0035; the k-NN probe (21.1 %) is still BELOW random init (49.2 %)
-    # in this short run, so only the pretext figure is asserted (see the report of issue 9)
+    # measured (seeds 0-2): step-1 accuracy ~0.035, 10x chance; k-NN 95-100 % vs 49-56 % at random init
     assert acc > 5 * chance
+    assert trained > rand + 25
 
 
 def test_tiny_config_runs_two_steps(tmp_path) -> None:
