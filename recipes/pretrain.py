@@ -222,24 +222,45 @@ def pretrain(cfg: dict[str, Any], *, resume: str | bool | None = None, run_dir: 
             "data": loader.stats.summary()}
 
 
-def load_run_config(name: str, modality: str | None, overrides: list[str]) -> dict:
-    """Reads a config by name or path and applies overrides; remembers the config name for the run folder."""
+TINY_OVERRIDES = Path(__file__).resolve().parent / "tiny_overrides.yaml"
+"""Per shipped config, the `key=value` list that shrinks it to a CPU-sized run of the same recipe (`--tiny`)."""
+
+
+def tiny_overrides(path: Path) -> list[str]:
+    """The tiny override list of the shipped config at `path`; a ConfigError when it has none."""
+    import yaml
+
+    from mmssl.discover import CONFIG_ROOT
+
+    path = Path(path).resolve()
+    key = f"{path.parent.name}/{path.stem}" if path.parent.parent == CONFIG_ROOT.resolve() else str(path)
+    table = yaml.safe_load(TINY_OVERRIDES.read_text()) or {}
+    if key not in table:
+        raise ConfigError(f"config {key!r} has no tiny override in {TINY_OVERRIDES.name} "
+                          f"(the *_tiny configs are small already: run them without --tiny)")
+    return [str(item) for item in table[key]]
+
+
+def load_run_config(name: str, modality: str | None, overrides: list[str], *, tiny: bool = False) -> dict:
+    """Reads a config by name or path and applies overrides (after its tiny override when `tiny`); remembers the
+    config name for the run folder."""
     path = find_config(name, modality)
-    cfg = load_config(path, overrides)
-    cfg.setdefault("_name", path.stem)
+    cfg = load_config(path, (tiny_overrides(path) if tiny else []) + list(overrides))
+    cfg.setdefault("_name", path.stem + ("-tiny" if tiny else ""))
     return cfg
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m recipes.pretrain --config NAME [--modality M] [--resume auto|PATH] [key=value ...]`."""
+    """`python -m recipes.pretrain --config NAME [--modality M] [--resume auto|PATH] [--tiny] [key=value ...]`."""
     parser = argparse.ArgumentParser(prog="recipes.pretrain", description=__doc__.split("\n")[0])
     parser.add_argument("--config", required=True)
     parser.add_argument("--modality", default=None)
     parser.add_argument("--resume", default=None)
+    parser.add_argument("--tiny", action="store_true", help="apply the config's tiny override first")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
     try:
-        cfg = load_run_config(args.config, args.modality, args.overrides)
+        cfg = load_run_config(args.config, args.modality, args.overrides, tiny=args.tiny)
         name = cfg.pop("_name")
         cfg.setdefault("train", {}).setdefault("name", name)
         summary = pretrain(cfg, resume=args.resume)

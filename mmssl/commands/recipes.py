@@ -1,4 +1,4 @@
-"""`mmssl image|video|audio|multimodal pretrain --config NAME [key=value ...]` and `mmssl cp CONFIG DEST`."""
+"""`mmssl image|video|audio|multimodal pretrain --config NAME [--tiny] [key=value ...]` and `mmssl cp CONFIG DEST`."""
 
 from __future__ import annotations
 
@@ -17,10 +17,12 @@ def _pretrain(args: argparse.Namespace) -> int:
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={args.nproc}", "-m",
                "recipes.pretrain", "--config", args.config, "--modality", args.modality]
         cmd += ["--resume", args.resume] if args.resume else []
+        cmd += ["--tiny"] if args.tiny else []
         return subprocess.call(cmd + list(args.overrides), env=os.environ.copy())
     from recipes.pretrain import main
 
     cmd = ["--config", args.config, "--modality", args.modality] + (["--resume", args.resume] if args.resume else [])
+    cmd += ["--tiny"] if args.tiny else []
     return main(cmd + list(args.overrides))
 
 
@@ -49,6 +51,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         pre.add_argument("--config", required=True, help=f"a name under recipes/configs/{modality}/ or a path")
         pre.add_argument("--resume", default=None, help="auto (newest run of this config), a run folder or .pt")
         pre.add_argument("--nproc", type=int, default=1, help="processes on this machine (torchrun shortcut)")
+        pre.add_argument("--tiny", action="store_true",
+                         help="shrink the config to a CPU-sized run of the same recipe (recipes/tiny_overrides.yaml), "
+                              "applied before your overrides")
         pre.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.blr=1e-4")
         pre.set_defaults(func=_pretrain, modality=modality)
         if modality == "video":  # video encoders are judged by label propagation: `mmssl video eval propagation`
