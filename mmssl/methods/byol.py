@@ -11,14 +11,15 @@ An online network (encoder, projector, predictor) predicts the projection that a
 Asymmetric augmentations (blur 1.0 / 0.1, solarize 0 / 0.2) are the data config's two views; BYOL's cross-replica
 BN is `SyncBatchNorm`, which the recipe converts to on several GPUs (`mmssl.train.distributed.sync_batchnorm`).
 
-Short runs: with no negatives, BYOL amplifies the factor that its two views share most. On the CPU learning test
-(tiny ViT, textures with random colours, 100 steps) that is the colour: the dominant-colour k-NN rises from 84%
-to 91% while the texture-class k-NN falls from 78% (random init) to 65%, with no collapse (embedding std 0.10 of
-0.125). Contrastive methods (SimCLR, MoCo) learn the class in the same setting. None of tau 0/0.9/0.96/0.996,
-a 10x predictor learning rate, 4x wider heads, BYOL's blur/solarize views, 0.08 crops, full hue jitter (the
-brightness then takes over), SGD or 400 steps gave a margin over random init. A BatchNorm ResNet (timm
-`test_resnet`) gains 3.5-4.7 points over its random init, but only -1 to +4 over a random init whose BN statistics
-are estimated on the data, so that gain is mostly BN statistics.
+Short runs: with no negatives, BYOL learns the factor that its two views share most. On CPU textures with one
+colour per image (tiny ViT, 100 steps), that is the colour: the dominant-colour k-NN rises from 84% to 91%
+while the texture-class k-NN falls from 78% (random init) to 65%, without collapse; none of tau 0/0.9/0.96/0.996,
+a 10x predictor learning rate, 4x wider heads, blur/solarize views, 0.08 crops, full hue jitter (the brightness
+then takes over), SGD or 400 steps changed that. When the colour drifts across each image, so that two crops
+share the pattern but not the colour (as in natural images; `synthetic.textures(colour_field=True)`), BYOL
+learns the pattern: 200 steps take the class k-NN from 92-95% at random init to 98.8-100% (three seeds; SimCLR:
+94.9 -> 100%), which is the learning test. A smooth brightness field on top (crops then differ in brightness
+as well) left BYOL at or below random init (73 vs 84% after 100 steps, 85.5 vs 84.4% after 300).
 """
 
 from __future__ import annotations

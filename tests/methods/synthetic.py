@@ -40,6 +40,25 @@ def _colours(n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
     return fg.reshape(n, 3, 1, 1), bg.reshape(n, 3, 1, 1)
 
 
+def _colour_fields(n: int, size: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Foreground and background colours (n, 3, size, size) that drift smoothly across the image.
+
+    Each channel is a sinusoid along one random direction with a period of 1-1.5 image widths and its own phase,
+    so the hue turns through most of the colour wheel across an image: two crops of one image get different
+    colours, as two views of a natural scene can. The background takes the complementary colour.
+    """
+    coords = torch.arange(size, dtype=torch.float32)
+    y, x = coords.reshape(1, -1, 1), coords.reshape(1, 1, -1)
+    angle = 2 * torch.pi * torch.rand(n, 1, 1, generator=generator)
+    period = size * (1.0 + 0.5 * torch.rand(n, 1, 1, generator=generator))
+    along = (angle.cos() * y + angle.sin() * x) / period  # (n, S, S) position along the drift, in periods
+    phase = 2 * torch.pi * torch.rand(n, 3, 1, 1, generator=generator)
+    field = 0.5 + 0.5 * torch.sin(2 * torch.pi * along.unsqueeze(1) + phase)  # (n, 3, S, S) in [0, 1]
+    fg, bg = 0.5 + 0.5 * field, 0.4 * (1 - field)
+    flip = torch.rand(n, 1, 1, 1, generator=generator) < 0.5  # dark patterns on light ground half of the time
+    return torch.where(flip, bg, fg), torch.where(flip, fg, bg)
+
+
 def shapes(n: int, *, size: int = 32, generator: torch.Generator) -> tuple[Tensor, Tensor]:
     """Images (n, 3, size, size) in [0, 1] of one shape of random class, place, size and colours; labels (n,)."""
     labels = torch.randint(0, NUM_SHAPES, (n,), generator=generator)
@@ -51,11 +70,14 @@ def shapes(n: int, *, size: int = 32, generator: torch.Generator) -> tuple[Tenso
     return (bg + (fg - bg) * mask + noise).clamp(0, 1), labels
 
 
-def textures(n: int, *, size: int = 32, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+def textures(n: int, *, size: int = 32, colour_field: bool = False,
+             generator: torch.Generator) -> tuple[Tensor, Tensor]:
     """Two-colour textures (n, 3, size, size) in [0, 1]; labels (n,) = pattern.
 
     Class 0: horizontal stripes; 1: vertical stripes; 2: diagonal stripes; 3: a checkerboard. Period, phase and
-    colours are random, so only the pattern's structure tells the classes apart.
+    colours are random, so only the pattern's structure tells the classes apart. By default each image has one
+    foreground and one background colour; with `colour_field` the colours drift across the image (see
+    `_colour_fields`), so the colour is not a factor that two crops of an image share.
     """
     labels = torch.randint(0, 4, (n,), generator=generator)
     coords = torch.arange(size, dtype=torch.float32)
@@ -69,7 +91,7 @@ def textures(n: int, *, size: int = 32, generator: torch.Generator) -> tuple[Ten
                             wave_y * wave_x * 2], dim=1)  # (n, 4, S, S)
     chosen = patterns.gather(1, labels.reshape(-1, 1, 1, 1).expand(-1, 1, size, size))  # (n, 1, S, S)
     mix = (chosen * 3).clamp(-1, 1) * 0.5 + 0.5  # soft two-level pattern
-    fg, bg = _colours(n, generator)
+    fg, bg = _colour_fields(n, size, generator) if colour_field else _colours(n, generator)
     noise = 0.03 * torch.randn(n, 3, size, size, generator=generator)
     return (bg + (fg - bg) * mix + noise).clamp(0, 1), labels
 

@@ -75,11 +75,14 @@ def test_projector_and_predictor_are_byols() -> None:
     assert defaults.predictor.mlp[0].out_features == 4096 and defaults.predictor.out_dim == 256
 
 
-@pytest.fixture(scope="module")
-def trained_on_textures() -> dict[str, float]:
-    """BYOL trained for 100 steps on two views of textures (the SimCLR/MoCo tests' setting); k-NN top-1 of its
-    encoder and of the same encoder at random init, for the texture class and for a nuisance that both views
-    share: the image's dominant colour channel (the jitter rarely changes it)."""
+@pytest.mark.slow
+def test_byol_learns_textures_whose_colour_drifts_across_the_image() -> None:
+    """BYOL trained for 200 steps on two views of textures whose colours drift across each image
+    (`synthetic.textures(colour_field=True)`), so that, as in natural images, two crops share the pattern but not
+    the colour. The online network learns to predict the target (loss ~4.2 -> ~1.5) without collapsing, and its
+    encoder beats its random init on the texture class: 100.0 vs 94.9% k-NN top-1 (seed 0; seeds 1, 2: 100.0 vs
+    95.3%, 98.8 vs 92.2%). With one colour per image (the SimCLR/MoCo tests' data) BYOL, having no negatives,
+    learns that shared colour instead and falls below random init on the class (see the module docstring)."""
     import synthetic
     from learning import knn_top1, snapshot
     from twoviews import SPEC as VIEWS_SPEC, encoder, one_thread, train, two_view_batch
@@ -88,40 +91,19 @@ def trained_on_textures() -> dict[str, float]:
     with one_thread():
         torch.manual_seed(0)
         method = BYOL(encoder(), dim=64, hidden_dim=128, momentum=0.99)
-        x, y = synthetic.textures(n + 256, generator=torch.Generator().manual_seed(0))
-        colour = x.mean((2, 3)).argmax(1)  # (N,) the brightest channel of each image
+        x, y = synthetic.textures(n + 256, colour_field=True, generator=torch.Generator().manual_seed(0))
         tokens = VIEWS_SPEC.tokenize(VIEWS_SPEC.normalize(x))
         train_t, test_t = (Tokens(patches=tokens.patches[s], grid=tokens.grid, patch=tokens.patch, modality="image")
                            for s in (slice(0, n), slice(n, None)))
         random_init = snapshot(method.encoder)
-        first, last, secs, logs = train(method, two_view_batch(x[:n], [0]), n, steps=100, lr=2e-3, batch_size=64)
-        r = {"first": first, "last": last, "secs": secs, "embedding_std": logs["embedding_std"]}
-        for name, labels in (("class", y), ("colour", colour)):
-            r[f"{name}_trained"] = knn_top1(method.encoder, train_t, labels[:n], test_t, labels[n:])
-            r[f"{name}_random"] = knn_top1(random_init, train_t, labels[:n], test_t, labels[n:])
-    print(f"\nBYOL: loss {first:.3f} -> {last:.3f} ({secs:.1f}s); embedding std {r['embedding_std']:.3f} "
-          f"(1/sqrt(64) = 0.125, collapse = 0); k-NN top-1 trained vs random init: texture class "
-          f"{r['class_trained']:.1f}% vs {r['class_random']:.1f}%, dominant colour {r['colour_trained']:.1f}% vs "
-          f"{r['colour_random']:.1f}%")
-    return r
-
-
-@pytest.mark.slow
-def test_byol_trains_without_collapse_and_learns_what_its_views_share(trained_on_textures) -> None:
-    """The online network learns to predict the target (loss ~4 -> ~1.5, cos(p, z') ~0 -> ~0.63) without
-    collapsing, and its encoder learns the factor the two views share most: the dominant colour (84 -> 91%)."""
-    r = trained_on_textures
-    assert r["last"] < r["first"] - 2.0
-    assert r["embedding_std"] > 0.06
-    assert r["colour_trained"] > r["colour_random"] + 3.0
-
-
-@pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="at this budget BYOL does not beat random init on the texture class "
-                   "(65.2% vs 78.1%): with no negatives it amplifies the largest factor its views share, the "
-                   "colour (and the brightness once hue is randomised), over the pattern; lower or higher tau, "
-                   "predictor lr x10, wider heads, BYOL's blur/solarize views, 0.08 crops, SGD and 400 steps "
-                   "did not close the gap (see the BYOL module docstring)")
-def test_byol_beats_random_init_on_the_texture_class(trained_on_textures) -> None:
-    r = trained_on_textures
-    assert r["class_trained"] > r["class_random"] + 4.0
+        first, last, secs, logs = train(method, two_view_batch(x[:n], [0]), n, steps=200, lr=2e-3, batch_size=64)
+        trained = knn_top1(method.encoder, train_t, y[:n], test_t, y[n:])
+        rand = knn_top1(random_init, train_t, y[:n], test_t, y[n:])
+    print(f"\nBYOL: loss {first:.3f} -> {last:.3f} ({secs:.1f}s); embedding std {logs['embedding_std']:.3f} "
+          f"(1/sqrt(64) = 0.125, collapse = 0); texture-class k-NN top-1 {trained:.1f}% vs {rand:.1f}% at random init")
+    assert last < first - 2.0
+    assert logs["embedding_std"] > 0.06
+    # measured margins +4.7 to +6.6 over three seeds, with the trained encoder at 98.8-100%: the random init
+    # already reads most orientations, so the gap is most of the remaining error
+    assert trained > rand + 3.0
+    assert trained >= 97.0
