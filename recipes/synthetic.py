@@ -57,6 +57,8 @@ class SyntheticVideos:
         noise: std of per-pixel Gaussian noise (in [0, 1] units) added to every frame.
         speed: largest object speed in pixels per frame.
         pan: largest camera pan in pixels per frame.
+        spin: largest object rotation in degrees per frame (shape and texture turn together), so that an
+            object's pixels change over time as real objects' do, not only their place.
     """
 
     size: int = 96
@@ -67,6 +69,7 @@ class SyntheticVideos:
     noise: float = 0.0
     speed: float = 2.5
     pan: float = 1.0
+    spin: float = 0.0
 
 
 def render_sequence(cfg: SyntheticVideos, index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -81,7 +84,10 @@ def render_sequence(cfg: SyntheticVideos, index: int) -> tuple[np.ndarray, np.nd
         radius = rng.uniform(0.12, 0.22) * s
         objects.append(dict(pos=rng.uniform(radius, s - radius, 2), vel=rng.uniform(-cfg.speed, cfg.speed, 2), r=radius,
                             aspect=rng.uniform(0.6, 1.4), square=bool(rng.random() < 0.5),
-                            tex=_texture(rng, s, s), id=k + 1))
+                            tex=_texture(rng, s, s), id=k + 1, angle=0.0, omega=0.0))
+    if cfg.spin:  # drawn after everything else, so that spin=0 leaves the sequences exactly as they were
+        for ob in objects:
+            ob["angle"], ob["omega"] = rng.uniform(0, 2 * np.pi), np.deg2rad(rng.uniform(-cfg.spin, cfg.spin))
     frames = np.zeros((cfg.frames, s, s, 3), np.uint8)
     masks = np.zeros((cfg.frames, s, s), np.uint8)
     y, x = np.mgrid[0:s, 0:s]
@@ -91,14 +97,18 @@ def render_sequence(cfg: SyntheticVideos, index: int) -> tuple[np.ndarray, np.nd
         mask = np.zeros((s, s), np.uint8)
         for ob in objects:  # later objects are in front: occlusion
             cy, cx = ob["pos"]
-            dy, dx = (y - cy) / (ob["r"] * ob["aspect"]), (x - cx) / ob["r"]
+            # object coordinates: centred on the object and turned by its angle
+            cos, sin = np.cos(ob["angle"]), np.sin(ob["angle"])
+            oy, ox = cos * (y - cy) - sin * (x - cx), sin * (y - cy) + cos * (x - cx)
+            dy, dx = oy / (ob["r"] * ob["aspect"]), ox / ob["r"]
             inside = (np.maximum(abs(dy), abs(dx)) < 1) if ob["square"] else (dy ** 2 + dx ** 2 < 1)
-            # the texture moves with the object: sample it in object coordinates
-            ty = np.clip((y - cy + s // 2).astype(int), 0, s - 1)
-            tx = np.clip((x - cx + s // 2).astype(int), 0, s - 1)
+            # the texture moves and turns with the object: sample it in object coordinates
+            ty = np.clip((oy + s // 2).astype(int), 0, s - 1)
+            tx = np.clip((ox + s // 2).astype(int), 0, s - 1)
             img[inside] = ob["tex"][ty[inside], tx[inside]]
             mask[inside] = ob["id"]
             ob["pos"] = ob["pos"] + ob["vel"]
+            ob["angle"] += ob["omega"]
             for a in range(2):  # bounce off the borders
                 if not ob["r"] <= ob["pos"][a] <= s - ob["r"]:
                     ob["vel"][a] *= -1

@@ -22,3 +22,15 @@ def test_dataset_layout(tmp_path) -> None:
     ann = Image.open(davis / "Annotations" / "480p" / "seq000" / "00000.png")
     assert ann.mode == "P" and ann.size == (32, 32)
     assert len(list((davis / "JPEGImages" / "480p" / "seq000").glob("*.jpg"))) == 4
+
+
+def test_spin_turns_objects_in_place() -> None:
+    _, still = render_sequence(SyntheticVideos(size=64, frames=8, objects=1, speed=0.0, pan=0.0), 3)
+    assert np.array_equal(still[0], still[-1])  # neither moving nor turning: the mask stays put
+    _, turned = render_sequence(SyntheticVideos(size=64, frames=8, objects=1, speed=0.0, pan=0.0, spin=10.0), 3)
+    # an object that turns in place keeps its centre and (about) its area, but not its outline
+    assert not np.array_equal(turned[0], turned[-1])
+    area = (turned > 0).sum(axis=(1, 2))
+    assert abs(int(area[0]) - int(area[-1])) < 0.1 * area[0]
+    centre = [np.argwhere(t > 0).mean(0) for t in (turned[0], turned[-1])]
+    assert np.abs(centre[0] - centre[1]).max() < 1.5
