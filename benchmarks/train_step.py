@@ -24,7 +24,6 @@ import math
 import sys
 import time
 import traceback
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -34,53 +33,11 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from mmssl.train.syncs import count_host_syncs, cuda_syncs  # noqa: E402
 from benchmarks.steps import (SPECS, Batch, OursStep, ReferenceStep, Spec, build_ours, build_reference,  # noqa: E402
                               make_batches, step_flops, sync)
 
 __all__ = ["count_host_syncs", "cuda_syncs", "check_losses", "passed", "time_steps", "run_model", "main"]
-
-# ops whose result size or value the host must read from the device, and `lift_fresh`: a tensor made from host
-# values (`torch.tensor(...)`), which on a GPU is a copy that waits for the work queued before it
-_SYNC_OPS = ("_local_scalar_dense", "nonzero", "masked_select", "is_nonzero", "equal", "unique", "_unique2",
-             "item", "lift_fresh")
-
-
-def count_host_syncs(fn: Callable[[], Any]) -> list[str]:
-    """The ops run by `fn` that need the host to wait for the device (`.item()`, boolean indexing, nonzero,
-    tensors made from host values...).
-
-    Counted at the dispatcher on any device, so the CPU tests see the ops that would stall a GPU. Autograd runs
-    the backward of CUDA tensors in its own thread, out of sight of this counter: on CUDA use `cuda_syncs`.
-    """
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    found: list[str] = []
-
-    class Counter(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            name = func.overloadpacket.__name__
-            bool_index = name in ("index", "index_put", "index_put_") and any(
-                isinstance(i, Tensor) and i.dtype == torch.bool for i in (args[1] or ()))
-            if name in _SYNC_OPS or bool_index:
-                found.append(str(func))
-            return func(*args, **(kwargs or {}))
-
-    with Counter():
-        fn()
-    return found
-
-
-def cuda_syncs(fn: Callable[[], Any]) -> int:
-    """Synchronising CUDA calls made by `fn`, as `torch.cuda.set_sync_debug_mode` reports them."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            fn()
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-    return sum("synchroniz" in str(w.message) for w in caught)
-
 
 def _rel(a: float, b: float) -> float:
     return abs(a - b) / max(abs(b), 1e-12)

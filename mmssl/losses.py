@@ -84,7 +84,8 @@ def nt_xent(z1: Tensor, z2: Tensor, *, temperature: float, all1: Tensor | None =
     all2 = z2 if all2 is None else all2
     n, m = z1.shape[0], all1.shape[0]
     labels = torch.arange(offset, offset + n, device=z1.device)
-    self_mask = F.one_hot(labels, m).bool()  # (n, M): each anchor's own column in its own view
+    # (n, M): each anchor's own column in its own view (a comparison: one_hot would check the labels on the host)
+    self_mask = labels[:, None] == torch.arange(m, device=z1.device)[None, :]
     losses = []
     for anchors, same, other in ((z1, all1, all2), (z2, all2, all1)):
         logits_pos = anchors @ other.T / temperature  # (n, M): the positive sits at column offset + i

@@ -16,17 +16,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pipelines import colour
 from pipelines.rng import sample_rng
 from pipelines.sample import Sample, guarded
 
-__all__ = ["Crop", "Augment", "crop_box", "resized_crop", "resized_crop_uint8", "crop_images", "crop_clips"]
+__all__ = ["Crop", "Augment", "pack", "crop_box", "resized_crop", "resized_crop_uint8", "crop_images", "crop_clips"]
 
 
 def _pair(size: int | Sequence[int]) -> tuple[int, int]:
@@ -176,57 +177,13 @@ def _crop_map(name: str, value: Tensor, box: Sequence[int], size: tuple[int, int
     return resized_crop(value[None].float(), box, size)[0]  # (h, w)
 
 
-def _gray(x: Tensor) -> Tensor:
-    return 0.2989 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]  # (N, 1, H, W), ITU-R 601 luma as torchvision
-
-
-def _blend(x: Tensor, other: Tensor | float, f: Tensor) -> Tensor:
-    return (f * x + (1 - f) * other).clamp(0, 1)
-
-
-def _blur_matrix(sigma: Tensor, size: int, kernel: int) -> Tensor:
-    """Per-image (N, size, size) matrices that apply a 1-D Gaussian with reflect padding along one axis."""
-    n = sigma.shape[0]
-    taps = torch.arange(kernel, device=sigma.device) - kernel // 2
-    weights = torch.exp(-taps[None].float() ** 2 / (2 * sigma[:, None] ** 2))  # (N, K)
-    weights = weights / weights.sum(1, keepdim=True)
-    source = torch.arange(size, device=sigma.device)[:, None] + taps[None]  # (size, K) input index per output
-    source = source.abs()  # reflect at the start: -i -> i
-    source = torch.where(source > size - 1, 2 * (size - 1) - source, source)  # reflect at the end
-    matrix = torch.zeros(n, size, size, device=sigma.device)
-    index = source[None].expand(n, size, kernel)  # (N, size, K)
-    return matrix.scatter_add_(2, index, weights[:, None, :].expand(n, size, kernel).contiguous())
-
-
-def _gaussian_blur(x: Tensor, sigma: Tensor, kernel: int) -> Tensor:
-    """Separable Gaussian blur of x (N, C, H, W) with one sigma per image, reflect padding.
-
-    Each axis is one batched matmul with a banded matrix: per-image kernels in a single BLAS call, which on the CPU
-    is an order of magnitude faster than a grouped convolution with one group per image and channel.
-    """
-    rows = _blur_matrix(sigma, x.shape[-2], kernel)[:, None]  # (N, 1, H, H)
-    cols = _blur_matrix(sigma, x.shape[-1], kernel)[:, None].transpose(-1, -2)  # (N, 1, W, W)
-    return rows @ x @ cols
-
-
-def _hue_matrix(shift: Tensor) -> Tensor:
-    """Per-image (N, 3, 3) RGB matrices rotating hue by `shift` turns in YIQ space (luma is kept)."""
-    to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]],
-                          device=shift.device)
-    angle = 2 * math.pi * shift
-    cos, sin = torch.cos(angle), torch.sin(angle)
-    rot = torch.zeros(shift.shape[0], 3, 3, device=shift.device)
-    rot[:, 0, 0] = 1.0
-    rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = cos, -sin, sin, cos
-    return torch.linalg.inv(to_yiq) @ rot @ to_yiq  # (N, 3, 3)
-
-
 @dataclass(frozen=True)
 class Augment:
     """One augmented view of a batch: crop (unless pre-cut), flip, colour jitter, grayscale, blur, solarize.
 
     Probabilities are per sample. `jitter` applies brightness/contrast/saturation/hue factors drawn uniformly in
-    [1 - a, 1 + a] (hue: a shift in [-hue, hue]) in a random order per sample.
+    [1 - a, 1 + a] (hue: a shift in [-hue, hue]) in a random order per sample. The parameters are drawn per
+    sample (`draw`, `draws`; in the loader's workers) and applied to whole batches (`apply`; on the device).
     """
 
     crop: Crop = field(default_factory=Crop)
@@ -246,6 +203,11 @@ class Augment:
     def view(self) -> str:
         return self.crop.view
 
+    @property
+    def size(self) -> tuple[int, int]:
+        """The output (h, w)."""
+        return _pair(self.crop.size)
+
     def draw(self, rng: np.random.Generator, height: int, width: int) -> dict:
         """All parameters of one sample, crop first (the worker's `crop_images` draws exactly that prefix)."""
         box = self.crop.box(rng, height, width)
@@ -256,24 +218,56 @@ class Augment:
                 "sigma": self.blur_sigma[0] + u[5] * (self.blur_sigma[1] - self.blur_sigma[0]),
                 "factors": factors, "order": rng.permutation(4)}
 
+    def draws(self, ids: Sequence[tuple[int, int, str]], sizes: Sequence[Sequence[int]]) -> dict[str, Tensor]:
+        """The parameters of several samples as tensors (`pack` of their `draw`s), from each sample's
+        (seed, epoch, key) and image (H, W)."""
+        return pack([self.draw(sample_rng(seed, epoch, key, self.view), int(h), int(w))
+                     for (seed, epoch, key), (h, w) in zip(ids, sizes)])
+
     @property
     def flip_only(self) -> bool:
         """True when the view changes no pixel value (crop and flip only), so uint8 frames can stay uint8."""
         return not (self.jitter or self.grayscale or self.blur or self.solarize)
 
+    def apply(self, x: Tensor, draws: Mapping[str, Tensor], *, flipped: bool = False) -> Tensor:
+        """Flip and colour operations on cropped images with drawn parameters, batched.
+
+        Args:
+            x: float images in [0, 1], (N, [T,] 3, h, w) (T frames share their sample's draw), overwritten; or
+                uint8 images of a `flip_only` view, which stay uint8 (their cast is fused with the normalisation
+                after patchify: a third of the memory traffic on the CPU).
+            draws: `draws()` of the N samples (CPU or device tensors).
+            flipped: the flips were applied upstream already (`crop_clips(view=...)`).
+        """
+        lead = x.shape[:-3]
+        x5 = x.reshape(lead[0], -1, *x.shape[-3:])  # (N, F, 3, h, w): F = T for clips, 1 for images
+        if not flipped:
+            x5 = colour.flip(x5, draws["flip"])
+        if x.dtype == torch.uint8:
+            if not self.flip_only:
+                raise ValueError(f"view {self.view!r} changes pixel values: give it float images in [0, 1]")
+            return x5.reshape(x.shape)
+        if self.jitter:
+            x5 = colour.jitter(x5, draws["jitter"], draws["factors"], draws["order"])
+        if self.grayscale:
+            x5 = colour.grayscale(x5, draws["gray"])
+        if self.blur:
+            x5 = colour.gaussian_blur(x5, draws["blur"], draws["sigma"], self.blur_kernel)
+        if self.solarize:
+            x5 = colour.solarize(x5, draws["solarize"])
+        return x5.reshape(x.shape)  # (N, [T,] 3, h, w)
+
     def __call__(self, images: Tensor | Sequence[Tensor], ids: Sequence[tuple[int, int, str]], *,
                  sizes: Sequence[Sequence[int]] | None = None, raw: bool = False,
                  flipped: bool = False) -> Tensor:
-        """Augments a batch.
+        """Draws, crops (unless pre-cut) and applies the view to a batch in one call (tests, small tools).
 
         Args:
             images: uint8 (values 0..255) or float (0..1) images, (N, [T,] 3, H, W) stacked or a list of
                 (..., 3, H_i, W_i) of any sizes; or, with `sizes`, the worker's crops of this view.
             ids: (seed, epoch, key) per sample, the RNG identity of each row.
             sizes: original (H, W) per sample when `images` were already cropped by `crop_images`.
-            raw: with pre-cut uint8 crops and a `flip_only` view, return them flipped and still uint8, so that
-                the conversion to float can be fused with the normalisation after patchify (a third of the
-                memory traffic on the CPU).
+            raw: with pre-cut uint8 crops and a `flip_only` view, return them flipped and still uint8.
             flipped: the pre-cut crops already carry this view's flips (`crop_clips(view=...)` drew them).
 
         Returns:
@@ -282,89 +276,34 @@ class Augment:
         if len(images) != len(ids):
             raise ValueError(f"{len(images)} images but {len(ids)} sample ids")
         precut = sizes is not None
-        params = self.params(ids, sizes if precut else [tuple(img.shape[-2:]) for img in images])
-        scale = 1.0 if images[0].is_floating_point() else 1 / 255
+        draws = self.draws(ids, sizes if precut else [tuple(img.shape[-2:]) for img in images])
         if precut:
             x = torch.stack(list(images)) if not isinstance(images, Tensor) else images
-            if flipped:
-                params = [{**p, "flip": False} for p in params]
             if raw and x.dtype == torch.uint8 and self.flip_only:
-                return self._flip(x.clone(), params) if any(p["flip"] for p in params) else x
-            return self._apply(x.float() * scale, params)
-        size = _pair(self.crop.size)
-        x = None
-        for i, (img, p) in enumerate(zip(images, params)):
-            crop = resized_crop(img, p["box"], size)
-            if x is None:  # written row by row: no list of crops and no second copy by torch.stack
-                x = torch.empty(len(params), *crop.shape, device=crop.device)
-            torch.mul(crop, scale, out=x[i])
-        return self._apply(x, params)
+                return self.apply(x.clone(), draws, flipped=flipped)
+            x = x.float() / 255.0 if x.dtype == torch.uint8 else x.clone()
+            return self.apply(x, draws, flipped=flipped)
+        from pipelines.resample import resized_crops, stack_padded
 
-    def params(self, ids: Sequence[tuple[int, int, str]], sizes: Sequence[Sequence[int]]) -> list[dict]:
-        """Per-sample parameters from each sample's (seed, epoch, key) and image (H, W)."""
-        return [self.draw(sample_rng(seed, epoch, key, self.view), int(h), int(w))
-                for (seed, epoch, key), (h, w) in zip(ids, sizes)]
+        scale = 1.0 if images[0].is_floating_point() else 1 / 255
+        if isinstance(images, Tensor):
+            x = resized_crops(images, draws["box"].to(images.device), self.size)
+        else:  # one padded batch of the images of any size, then one batched crop
+            lead = images[0].shape[:-3]
+            flat = [img.reshape(-1, *img.shape[-2:]) for img in images]  # (F*3, H_i, W_i)
+            padded, _ = stack_padded(flat)  # (N, F*3, Hmax, Wmax)
+            padded = padded.reshape(len(images), *lead, 3, *padded.shape[-2:])  # (N, [T,] 3, Hmax, Wmax)
+            x = resized_crops(padded, draws["box"].to(padded.device), self.size)
+        return self.apply(x * scale, draws)
 
-    def pixels(self, x: Tensor, params: Sequence[dict]) -> Tensor:
-        """Flip and colour operations on cropped float images x (N, [T,] 3, h, w) with drawn parameters."""
-        return self._apply(x.clone(), params)
 
-    def _apply(self, x: Tensor, params: Sequence[dict]) -> Tensor:
-        """`pixels` on a tensor it may overwrite (the rows it flips, greys, blurs or solarizes change in place)."""
-        lead = x.shape[:-3]
-        frames = math.prod(lead[1:])  # T for clips, 1 for images
-        x = x.reshape(-1, *x.shape[-3:])  # (N*T, 3, h, w)
-        dev = x.device
+def pack(params: Sequence[Mapping[str, Any]]) -> dict[str, Tensor]:
+    """Per-sample `Augment.draw` dicts as tensors, one row per sample: box (N, 4) long, flip/jitter/gray/blur/
+    solarize (N,) bool, factors (N, 4) float32, order (N, 4) long, sigma (N,) float32."""
+    def column(name: str, dtype: torch.dtype) -> Tensor:
+        return torch.as_tensor(np.asarray([p[name] for p in params]), dtype=dtype)
 
-        def per_frame(values: Sequence, dtype=torch.bool) -> Tensor:
-            return torch.as_tensor(np.asarray(values), dtype=dtype).to(dev).repeat_interleave(frames, dim=0)
-
-        x = self._flip(x, params, frames)
-        jitter = per_frame([p["jitter"] for p in params])
-        if bool(jitter.any()):
-            x = self._jitter(x, jitter, per_frame([p["factors"] for p in params], torch.float32),
-                             per_frame([p["order"] for p in params], torch.long))
-        gray = per_frame([p["gray"] for p in params]).nonzero().flatten()
-        x[gray] = _gray(x[gray]).expand(-1, 3, -1, -1)
-        blur = per_frame([p["blur"] for p in params])
-        if bool(blur.any()):
-            idx = blur.nonzero().flatten()
-            sigma = per_frame([p["sigma"] for p in params], torch.float32)[idx]
-            x[idx] = _gaussian_blur(x[idx], sigma, self.blur_kernel)
-        sol = per_frame([p["solarize"] for p in params]).nonzero().flatten()
-        part = x[sol]
-        x[sol] = torch.where(part >= 0.5, 1.0 - part, part)
-        return x.reshape(*lead, *x.shape[-3:])  # (N, [T,] 3, h, w)
-
-    def _flip(self, x: Tensor, params: Sequence[dict], frames: int | None = None) -> Tensor:
-        """Mirrors, in place, the rows of x (N*T, 3, h, w) (or (N, [T,] 3, h, w)) whose sample drew a flip."""
-        if frames is None:  # called on the unflattened batch
-            lead = x.shape[:-3]
-            return self._flip(x.reshape(-1, *x.shape[-3:]), params, math.prod(lead[1:])).reshape(x.shape)
-        flip = torch.as_tensor([bool(p["flip"]) for p in params]).repeat_interleave(frames).nonzero().flatten()
-        flip = flip.to(x.device)
-        x[flip] = x[flip].flip(-1)
-        return x
-
-    def _jitter(self, x: Tensor, on: Tensor, factors: Tensor, order: Tensor) -> Tensor:
-        """Brightness (0), contrast (1), saturation (2), hue (3), in each sample's own order, in place."""
-        for step in range(4):
-            for op in range(4):
-                idx = (on & (order[:, step] == op)).nonzero().flatten()
-                if len(idx) == 0:
-                    continue
-                part, f = x[idx], factors[idx, op]
-                if op == 0:
-                    part = _blend(part, 0.0, (1 + f)[:, None, None, None])
-                elif op == 1:
-                    mean = _gray(part).mean((1, 2, 3), keepdim=True)
-                    part = _blend(part, mean, (1 + f)[:, None, None, None])
-                elif op == 2:
-                    part = _blend(part, _gray(part), (1 + f)[:, None, None, None])
-                else:
-                    # a rotation of the chroma plane: one 3x3 matrix per image, far cheaper than an HSV round
-                    # trip and a smooth function of the shift (torchvision's HSV hue differs slightly)
-                    flat = part.reshape(part.shape[0], 3, -1)  # (n, 3, h*w): pixels as columns for one bmm
-                    part = torch.bmm(_hue_matrix(f), flat).reshape(part.shape).clamp(0, 1)
-                x[idx] = part
-        return x
+    out = {name: column(name, torch.bool) for name in ("flip", "jitter", "gray", "blur", "solarize")}
+    out.update(box=column("box", torch.long).reshape(-1, 4), factors=column("factors", torch.float32).reshape(-1, 4),
+               order=column("order", torch.long).reshape(-1, 4), sigma=column("sigma", torch.float32))
+    return out

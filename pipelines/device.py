@@ -1,14 +1,18 @@
-"""The device stage: collated worker output -> method-ready `Tokens` batches, on the GPU or the CPU alike.
+"""The device stage: collated worker output -> method-ready `Tokens` batches, with batched tensor work only.
 
-It runs in the main process after the loader collates a batch (workers never touch CUDA). What it does depends on
-what the workers left: decoded frames or NVDEC plans for video, decoded/pre-cut images or JPEG bytes for nvjpeg,
-waveforms for the batched fbank, maps for MultiMAE. Then the configured views augment whole batches with
-per-sample parameters (`pipelines.augment`), the modality spec normalises and patchifies, and masks are drawn per
-sample from `sample_generator(seed, epoch, key, "mask")` on the CPU, so the batch is the same on every device and
-for every batch composition. Repeated sampling's k clips are folded into the batch (labels and keys repeated).
-The output keys are those `mmssl.methods` documents: `image`/`video`/`audio`/`depth`/`semseg`, `frames`, `views`,
-`label`, `key`, `ids` ((seed, epoch, key) per row, for methods that draw their own per-sample randomness, e.g.
-jigsaw puzzles, through `pipelines.rng`) (and `waveform` for raw-audio methods).
+Its per-sample randomness (crop boxes, flips, colour draws, masks turned into visible indices) is drawn in the
+loader's workers by its `planner()` stage (`pipelines.draws`), so here every operation covers the whole batch:
+- images: pre-cut uint8 crops from the workers (`crop_images`), or whole images / JPEG bytes (nvjpeg: one batched
+  decode on CUDA) padded into one batch and cut with one batched resized crop (`pipelines.resample`);
+- video: pre-cut clips (`crop_clips`), decoded clips or NVDEC frames, cut the same way with a box per clip;
+- audio: the batched Kaldi fbank; raw windows for "waveform";
+then the views' flips and colour operations (`Augment.apply`), the modality spec's normalisation and patchify,
+and the drawn visible indices. Repeated sampling's k clips are folded into the batch (labels and keys repeated).
+Nothing here reads values back from a GPU, so the stage can run ahead of the training step on its own stream
+(`pipelines.prefetch`); on a CPU the loader runs it inside its workers on each worker's batch (`pipelines.feed`).
+The output keys are those `mmssl.methods` documents: `image`/`video`/`audio`/`depth`/`semseg`, `frames`,
+`views`, `label`, `key`, `ids` ((seed, epoch, key) per row, for methods that draw their own per-sample
+randomness, e.g. jigsaw puzzles, through `pipelines.rng`) (and `waveform` for raw-audio methods).
 """
 
 from __future__ import annotations
@@ -20,16 +24,19 @@ import torch
 from torch import Tensor
 
 from mmssl.modalities import Modality, get_modality
-from mmssl.tokens import Tokens, visible_from_mask
-from pipelines.augment import Augment, resized_crop
+from mmssl.tokens import Tokens
+from pipelines import colour
+from pipelines.augment import Augment, resized_crop, resized_crop_uint8
+from pipelines.draws import PREFIX, VIEW_FIELDS, draw_batch, has_draws, planner, row_ids
 from pipelines.fbank import Fbank
 from pipelines.images import decode_jpeg_batch
 from pipelines.nvdec import NvdecDecoder
-from pipelines.rng import sample_generator
+from pipelines.resample import resized_crops, stack_padded
 
-__all__ = ["DeviceStage", "MODES"]
+__all__ = ["DeviceStage", "MODES", "BOOKKEEPING"]
 
 MODES = ("image", "video", "frames", "audio", "waveform", "multimodal")
+BOOKKEEPING = ("__size__", "__skipped__", "__timing__")  # the loader's entries, kept for its statistics
 Ids = list[tuple[int, int, str]]
 
 
@@ -38,15 +45,33 @@ def _ids(batch: dict[str, Any], repeat: int = 1) -> Ids:
     keys = list(batch["__key__"])
     seeds = _as_list(batch.get("__seed__"), len(keys))
     epochs = _as_list(batch.get("__epoch__"), len(keys))
-    if repeat == 1:
-        return list(zip(seeds, epochs, keys))
-    return [(s, e, f"{k}/{j}") for s, e, k in zip(seeds, epochs, keys) for j in range(repeat)]
+    return [row for s, e, k in zip(seeds, epochs, keys) for row in row_ids(s, e, k, repeat)]
 
 
 def _as_list(value: Any, n: int) -> list[int]:
     if value is None:
         return [0] * n
     return [int(v) for v in (value.tolist() if isinstance(value, Tensor) else value)]
+
+
+def _to(x: Tensor, device: torch.device) -> Tensor:
+    return x.to(device, non_blocking=True)
+
+
+def _crops(images: Tensor | Sequence[Tensor], boxes: Tensor, size: tuple[int, int]) -> Tensor:
+    """Each sample's box (top, left, h, w) of `images` ((B, [T,] 3, H, W) or a list of (3, H_i, W_i)) resized to
+    `size`, antialiased bilinear, float on the 0..255 scale.
+
+    On a GPU: one batched crop of the (padded) batch (`pipelines.resample`). On a CPU, where this runs in the
+    loader's workers, torch's uint8 resampling per sample is an order of magnitude cheaper than those dense
+    products; the two agree to within a grey level.
+    """
+    if images[0].is_cuda:
+        padded = images if isinstance(images, Tensor) else stack_padded(list(images))[0]  # (B, 3, Hmax, Wmax)
+        return resized_crops(padded, boxes, size)
+    rows = [resized_crop_uint8(img, box, size) if img.dtype == torch.uint8 else resized_crop(img, box, size)
+            for img, box in zip(images, boxes.tolist())]
+    return torch.stack(rows).float()
 
 
 class DeviceStage:
@@ -59,7 +84,8 @@ class DeviceStage:
         views: augmentations; one view fills the modality key, several fill `views` (DINO: 2 global + N local).
             None for video/frames keeps the decoded frames as they are.
         mask: a sampler from `mmssl.tokens` (RandomMask, TubeMask, ...) applied per sample; for "frames" it masks
-            the last frame only (SiamMAE); None leaves masking to the method.
+            the last frame only (SiamMAE). None leaves masking to the method, unless the recipe gives the
+            stage its method's sampler (`with_mask`), which it does for the masked-modelling methods.
         fbank: the spectrogram module for "audio" (Audio-MAE's settings by default).
         nvdec: decoder for batches whose workers planned with backend="nvdec".
         pin_dtype: optional dtype for the patches (e.g. torch.bfloat16); masks and ids stay as they are.
@@ -80,11 +106,26 @@ class DeviceStage:
         if mode in ("image", "multimodal") and not self.views:
             raise ValueError(f"mode {mode!r} needs at least one view (an Augment with the crop size)")
 
+    def spec(self, name: str) -> Modality:
+        """The configured variant of a modality, else its default spec."""
+        return self.specs.get(name) or get_modality(name)
+
+    def with_mask(self, mask: Callable[..., Tensor] | None) -> "DeviceStage":
+        """Uses `mask` (a method's sampler) when the stage has none and its mode masks tokens; returns self."""
+        if self.mask is None and mask is not None and self.mode in ("image", "video", "frames", "audio"):
+            self.mask = mask
+        return self
+
+    def planner(self):
+        """The loader stage that draws each sample's randomness in the workers (`pipelines.draws`)."""
+        return planner(self)
+
     def __call__(self, batch: dict[str, Any], device: torch.device | str = "cpu") -> dict[str, Any]:
         device = torch.device(device)
         if not batch.get("__size__", len(batch.get("__key__", []))):
             raise ValueError("empty batch: every sample was skipped")
-        out: dict[str, Any]
+        if not has_draws(self, batch):  # made without the planner (by hand, or an evaluation loader)
+            batch = draw_batch(self, batch)
         if self.mode in ("video", "frames"):
             out = self._video(batch, device)
         elif self.mode in ("audio", "waveform"):
@@ -93,143 +134,163 @@ class DeviceStage:
             out = self._image(batch, device)
         else:
             out = self._multimodal(batch, device)
+        out.update({k: batch[k] for k in BOOKKEEPING if k in batch})
         return out
 
-    def _spec(self, name: str) -> Modality:
-        """The configured variant of a modality, else its default spec."""
-        return self.specs.get(name) or get_modality(name)
+    # -- drawn values ---------------------------------------------------------------------------------------
 
-    # -- per mode -----------------------------------------------------------------------------------------------
+    def _draws(self, batch: dict[str, Any], view: str, device: torch.device) -> dict[str, Tensor]:
+        """A view's parameters, one row per clip: (B, k, ...) -> (B*k, ...), on `device`."""
+        return {name: _to(batch[f"{PREFIX}{view}.{name}"].flatten(0, 1), device) for name in VIEW_FIELDS}
+
+    def _visible(self, batch: dict[str, Any], target: str, device: torch.device) -> Tensor | None:
+        value = batch.get(f"{PREFIX}{target}.visible")
+        return None if value is None or self.mask is None else _to(value.flatten(0, 1), device)  # (B*k, K)
+
+    # -- per mode -------------------------------------------------------------------------------------------
 
     def _video(self, batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-        precut = [v for v in self.views if f"video.{v.view}" in batch]
-        if precut:  # the workers cut the crops (`crop_clips`); only flip and colour are left
-            return self._precut_video(batch, device)
-        if "video" in batch:
-            clips = batch["video"].to(device, non_blocking=True).permute(0, 1, 2, 5, 3, 4)  # (B,k,T,H,W,3) -> (B,k,T,3,H,W)
-        elif "mp4" in batch and "frame_index" in batch:
-            clips = self.nvdec(batch["mp4"], batch["frame_index"], batch["keyframes"], device)  # (B, k, T, 3, H, W)
-        else:
-            raise KeyError(f"video batch has neither decoded `video` nor `mp4` + `frame_index`: {sorted(batch)}")
-        b, k = clips.shape[:2]
-        clips = clips.reshape(b * k, *clips.shape[2:])  # (B*k, T, 3, H, W): repeated clips join the batch
-        ids = _ids(batch, k)
-        views = [aug(clips, ids) for aug in self.views] or [clips.float() / 255.0]  # each (N, T, 3, h, w)
-        return self._clip_tokens(batch, views, ids, b, k, device)
-
-    def _precut_video(self, batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-        b, k = batch[f"video.{self.views[0].view}"].shape[:2]
-        ids = _ids(batch, k)
-        sizes = [tuple(s) for s in batch["video_size"].tolist() for _ in range(k)]
-        views = []
-        for aug in self.views:
-            cut = batch[f"video.{aug.view}"].to(device, non_blocking=True)  # (B, k, T, h, w, 3) uint8
-            cut = cut.permute(0, 1, 2, 5, 3, 4)  # -> (B, k, T, 3, h, w), a strided view: channels stay last in memory
-            # raw: flip-only views stay uint8 until `_tokens` fuses the cast with the normalisation
-            flipped = f"video.{aug.view}.flipped" in batch  # the worker drew and applied the flips
-            views.append(aug(cut.reshape(b * k, *cut.shape[2:]), ids, sizes=sizes, raw=True,
-                             flipped=flipped))  # (B*k, T, 3, h, w)
-        return self._clip_tokens(batch, views, ids, b, k, device)
-
-    def _clip_tokens(self, batch: dict[str, Any], views: list[Tensor], ids: Ids, b: int, k: int,
-                     device: torch.device) -> dict[str, Any]:
+        k = self._clips_per_video(batch)
         out = self._common(batch, k, device)
+        views = [self._clip_view(aug, batch, device) for aug in self.views]  # each (B*k, T, 3, h, w)
+        if not views:
+            frames = self._frames(batch, device)  # (B*k, T, H, W, 3)
+            views = [frames.permute(0, 1, 4, 2, 3)]  # -> (B*k, T, 3, H, W), uint8: the cast is fused later
         if self.mode == "frames":
-            spec = self._spec("image")
-            out["frames"] = [self._tokens(spec, views[0][:, t], ids if t == views[0].shape[1] - 1
-                                          else None) for t in range(views[0].shape[1])]
+            spec, last = self.spec("image"), views[0].shape[1] - 1
+            visible = self._visible(batch, "frames", device)
+            out["frames"] = [self._tokens(spec, views[0][:, t], visible if t == last else None)
+                             for t in range(views[0].shape[1])]
             return out
-        spec = self._spec("video")
+        spec = self.spec("video")
+        targets = [aug.view for aug in self.views] or ["video"]
         # (N, T, 3, h, w) -> (N, 3, T, h, w): the video spec patches (time, height, width) tubelets
-        tokens = [self._tokens(spec, v.permute(0, 2, 1, 3, 4), ids) for v in views]
+        tokens = [self._tokens(spec, v.permute(0, 2, 1, 3, 4), self._visible(batch, t, device))
+                  for v, t in zip(views, targets)]
         self._place(out, "video", tokens)
         if "audio" in batch:  # the clip's own soundtrack (audio-visual methods)
-            wave = batch["audio"].to(device).reshape(b * k, -1)  # (B, k, N) -> (B*k, N)
-            out["audio"] = self._spectrogram(wave, batch["audio_len"].reshape(-1).to(device), None)
+            wave = _to(batch["audio"], device).flatten(0, 1)  # (B, k, N) -> (B*k, N)
+            out["audio"] = self._spectrogram(wave, _to(batch["audio_len"].reshape(-1), device), None)
         return out
 
+    def _clips_per_video(self, batch: dict[str, Any]) -> int:
+        for key in [f"video.{v.view}" for v in self.views] + ["video", "frame_index"]:
+            if isinstance(batch.get(key), Tensor):
+                return int(batch[key].shape[1])  # (B, k, T, ...)
+        raise KeyError(f"video batch has neither decoded `video`, worker crops nor `mp4` + `frame_index`: "
+                       f"{sorted(batch)}")
+
+    def _frames(self, batch: dict[str, Any], device: torch.device) -> Tensor:
+        """Whole decoded frames (B*k, T, H, W, 3) uint8: from the workers' decode, or NVDEC's on the device."""
+        if "video" in batch:
+            return _to(batch["video"], device).flatten(0, 1)  # (B, k, T, H, W, 3) -> (B*k, T, H, W, 3)
+        if "mp4" in batch and "frame_index" in batch:
+            clips = self.nvdec(batch["mp4"], batch["frame_index"], batch["keyframes"], device)  # (B, k, T, 3, H, W)
+            return clips.flatten(0, 1).permute(0, 1, 3, 4, 2)  # -> (B*k, T, H, W, 3), a view
+        raise KeyError(f"video batch has neither decoded `video` nor `mp4` + `frame_index`: {sorted(batch)}")
+
+    def _clip_view(self, aug: Augment, batch: dict[str, Any], device: torch.device) -> Tensor:
+        """One augmented view of every clip, (B*k, T, 3, h, w): float in [0, 1], or uint8 for a flip-only view."""
+        draws = self._draws(batch, aug.view, device)
+        cut = batch.get(f"video.{aug.view}")
+        if cut is not None:  # the workers cut the crops (`crop_clips`); only flip and colour are left
+            x = _to(cut, device).flatten(0, 1).permute(0, 1, 4, 2, 3)  # (B*k, T, h, w, 3) -> (B*k, T, 3, h, w)
+            flipped = f"video.{aug.view}.flipped" in batch  # the worker drew and applied the flips
+            return self._pixels(aug, x, draws, owned=x.data_ptr() != cut.data_ptr(), flipped=flipped)
+        frames = self._frames(batch, device).permute(0, 1, 4, 2, 3)  # (B*k, T, H, W, 3) -> (B*k, T, 3, H, W)
+        x = _crops(frames, draws["box"], aug.size)  # (B*k, T, 3, h, w) float 0..255
+        return self._pixels(aug, x.div_(255.0), draws, owned=True)
+
+    def _pixels(self, aug: Augment, x: Tensor, draws: dict[str, Tensor], *, owned: bool,
+                flipped: bool = False) -> Tensor:
+        """`aug.apply` on crops: uint8 stays uint8 for a flip-only view (cast and normalise fused in `_tokens`),
+        else float in [0, 1]. `owned`: x may be written in place (not the batch's own tensor)."""
+        if x.dtype == torch.uint8:
+            if aug.flip_only:
+                needs_copy = not owned and not flipped and not x.is_cuda  # CPU flips write in place
+                return aug.apply(x.clone() if needs_copy else x, draws, flipped=flipped)
+            x = x.float().div_(255.0)
+        elif not owned:
+            x = x.clone()
+        return aug.apply(x, draws, flipped=flipped)
+
     def _audio(self, batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-        wave = batch["audio"].to(device, non_blocking=True)  # (B, N)
+        wave = _to(batch["audio"], device)  # (B, N)
         out = self._common(batch, 1, device)
         if self.mode == "waveform":
             out["waveform"] = wave
             return out
         lengths = batch.get("audio_len")
-        out["audio"] = self._spectrogram(wave, None if lengths is None else lengths.to(device), _ids(batch))
+        out["audio"] = self._spectrogram(wave, None if lengths is None else _to(lengths, device),
+                                         self._visible(batch, "audio", device))
         return out
 
-    def _spectrogram(self, wave: Tensor, lengths: Tensor | None, ids: Ids | None) -> Tokens:
+    def _spectrogram(self, wave: Tensor, lengths: Tensor | None, visible: Tensor | None) -> Tokens:
         if self.fbank is None:  # a video stage meeting a soundtrack: AudioMAE's defaults, built once
             self.fbank = Fbank()
         fbank = self.fbank = self.fbank.to(wave.device)
-        spec = self._spec("audio")
         feats = fbank(wave, lengths).unsqueeze(1)  # (B, T, F) -> (B, 1, T, F); Fbank already normalised
-        return self._tokens(spec, feats, ids, normalize=False)
+        return self._tokens(self.spec("audio"), feats, visible, normalize=False)
 
     def _image(self, batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-        ids = _ids(batch)
         out = self._common(batch, 1, device)
-        spec = self._spec("image")
-        tokens = [self._tokens(spec, self._view(aug, batch, ids, device)[0], ids)
+        spec = self.spec("image")
+        tokens = [self._tokens(spec, self._view(aug, batch, device), self._visible(batch, aug.view, device))
                   for aug in self.views]
         self._place(out, "image", tokens)
         return out
 
     def _multimodal(self, batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-        ids = _ids(batch)
         aug = self.views[0]
-        rgb, params = self._view(aug, batch, ids, device)
+        rgb = self._view(aug, batch, device)
+        draws = self._draws(batch, aug.view, device)
         out = self._common(batch, 1, device)
-        image, depth, semseg = (self._spec(n) for n in ("image", "depth", "semseg"))
+        image, depth, semseg = (self.spec(n) for n in ("image", "depth", "semseg"))
         out["image"] = self._tokens(image, rgb, None)
         size = tuple(rgb.shape[-2:])
         for name, spec in (("depth", depth), ("semseg", semseg)):
             if f"{name}.{aug.view}" in batch:
-                maps = batch[f"{name}.{aug.view}"].to(device)  # (B, h, w), cut by the worker with the same box
+                maps = _to(batch[f"{name}.{aug.view}"], device).clone()  # (B, h, w), cut by the worker (same box)
             elif name in batch:
                 # semseg at the spec's stride (MultiMAE: 56 x 56 for a 224 image), depth at the image's size
                 small = tuple(s * spec.size[0] // image.size[0] for s in size) if name == "semseg" else size
                 mode = "nearest" if name == "semseg" else "bilinear"
-                maps = torch.stack([resized_crop(m.to(device)[None], p["box"], small, mode)[0]
-                                    for m, p in zip(batch[name], params)])
+                boxes = batch[f"{PREFIX}{aug.view}.box"].flatten(0, 1).tolist()  # host draws: no device read
+                maps = torch.stack([resized_crop(_to(m, device)[None], box, small, mode)[0]
+                                    for m, box in zip(batch[name], boxes)])
             else:
                 continue
-            flip = torch.tensor([bool(p["flip"]) for p in params], device=device)[:, None, None]
-            maps = torch.where(flip, maps.flip(-1), maps)  # the RGB view's flip, so maps stay registered
+            maps = colour.flip(maps, draws["flip"])  # the RGB view's flip, so maps stay registered
             if name == "semseg":
                 out[name] = self._tokens(spec, maps.long(), None)
             else:
                 out[name] = self._tokens(spec, maps.float().unsqueeze(1), None)  # (B, 1, h, w)
         return out
 
-    # -- shared pieces ------------------------------------------------------------------------------------------
+    # -- shared pieces --------------------------------------------------------------------------------------
 
-    def _view(self, aug: Augment, batch: dict[str, Any], ids: Ids, device: torch.device) -> tuple[Tensor, list]:
-        """One augmented view (B, 3, h, w) and its parameters, from pre-cut crops, images or bytes.
+    def _view(self, aug: Augment, batch: dict[str, Any], device: torch.device) -> Tensor:
+        """One augmented view (B, 3, h, w) from pre-cut crops, whole images or JPEG bytes.
 
         Float in [0, 1], except pre-cut uint8 crops of a flip-only view, which stay uint8 (see `_tokens`).
         """
+        draws = self._draws(batch, aug.view, device)
         precut = batch.get(f"image.{aug.view}")
         if precut is not None:
-            sizes = batch["image_size"].tolist()
-            params = aug.params(ids, sizes)
-            precut = precut.to(device, non_blocking=True)
-            if precut.dtype == torch.uint8 and aug.flip_only:
-                return aug._flip(precut.clone(), params), params
-            return aug._apply(precut.float() / 255.0, params), params
+            x = _to(precut, device)
+            return self._pixels(aug, x, draws, owned=x.data_ptr() != precut.data_ptr())
         if "image" in batch:
             images = batch["image"]
-            images = [img.to(device, non_blocking=True) for img in images]
+            images = [_to(img, device) for img in images] if isinstance(images, list) else _to(images, device)
         elif "image_bytes" in batch:
-            images = decode_jpeg_batch(batch["image_bytes"], device)  # nvjpeg on CUDA
+            images = decode_jpeg_batch(batch["image_bytes"], device)  # one batched nvjpeg decode on CUDA
         else:
             raise KeyError(f"image batch has no `image.{aug.view}`, `image` or `image_bytes`: {sorted(batch)}")
-        params = aug.params(ids, [tuple(img.shape[-2:]) for img in images])
-        crops = torch.stack([resized_crop(img, p["box"], _size(aug)) for img, p in zip(images, params)]) / 255.0
-        return aug._apply(crops, params), params
+        x = _crops(images, draws["box"], aug.size)  # (B, 3, h, w) float 0..255
+        return self._pixels(aug, x.div_(255.0), draws, owned=True)
 
-    def _tokens(self, spec, x: Tensor, ids: Ids | None, normalize: bool = True) -> Tokens:
-        """Normalised (unless `normalize` is False) and patchified x (B, C, *axes), masked when ids are given.
+    def _tokens(self, spec: Modality, x: Tensor, visible: Tensor | None, normalize: bool = True) -> Tokens:
+        """Normalised (unless `normalize` is False) and patchified x (B, C, *axes), with the drawn visible tokens.
 
         uint8 input (0..255) is patchified first and cast afterwards, with the normalisation fused into the
         cast (`Modality.normalize_patches`): the permuting copy moves bytes instead of floats.
@@ -242,19 +303,13 @@ class DeviceStage:
             tokens = spec.tokenize(spec.normalize(x) if normalize else x)
         if self.pin_dtype is not None:
             tokens = tokens.to(dtype=self.pin_dtype)
-        if self.mask is None or ids is None:
-            return tokens
-        # one generator per sample on the CPU: the same mask whatever the device or the batch around it
-        masks = [self.mask(1, tokens.grid, generator=sample_generator(s, e, k, "mask")) for s, e, k in ids]
-        # indices from the masks on the CPU: `visible_from_mask` checks counts, which on a GPU would make it wait
-        visible = visible_from_mask(torch.cat(masks))  # (B, K)
-        return replace(tokens, visible=visible.to(x.device, non_blocking=True))
+        return tokens if visible is None else replace(tokens, visible=visible)
 
     def _common(self, batch: dict[str, Any], repeat: int, device: torch.device) -> dict[str, Any]:
         keys = list(batch["__key__"])
         out: dict[str, Any] = {"key": [k for k in keys for _ in range(repeat)], "ids": _ids(batch, repeat)}
         if "cls" in batch and isinstance(batch["cls"], Tensor):
-            out["label"] = batch["cls"].to(device).repeat_interleave(repeat)
+            out["label"] = _to(batch["cls"], device).repeat_interleave(repeat)
         return out
 
     def _place(self, out: dict[str, Any], name: str, tokens: list[Tokens]) -> None:
@@ -262,8 +317,3 @@ class DeviceStage:
             out[name] = tokens[0]
         else:
             out["views"] = tokens
-
-
-def _size(aug: Augment) -> tuple[int, int]:
-    size = aug.crop.size
-    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))

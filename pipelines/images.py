@@ -1,7 +1,7 @@
 """Image and dense-map decode: CPU decode in workers, or bytes kept for batched nvjpeg in the device stage.
 
 - `decode_images(on="worker")` decodes JPEG/PNG with torchvision (libjpeg-turbo / libpng) to uint8 (3, H, W);
-  `on="device"` only checks the entry is there and leaves the bytes, so the device stage can call
+  `on="device"` leaves the bytes (and the size read from the header), so the device stage can call
   `torchvision.io.decode_jpeg(list, device="cuda")` on the whole batch (`decode_jpeg_batch`).
 - `decode_maps` reads MultiMAE's extra inputs exactly: 16-bit depth PNGs to int32 (uint16 values kept), 8-bit
   label PNGs (grey or palette) to uint8 class ids; palette images are read as indices, never converted to RGB.
@@ -18,7 +18,8 @@ from torch import Tensor
 
 from pipelines.sample import Sample, guarded
 
-__all__ = ["decode_images", "decode_maps", "read_depth_png", "read_label_png", "decode_jpeg_batch", "IMAGE_KEYS"]
+__all__ = ["decode_images", "decode_maps", "read_depth_png", "read_label_png", "decode_jpeg_batch", "encoded_size",
+           "IMAGE_KEYS"]
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 
@@ -40,7 +41,8 @@ def decode_images(*, keys: Sequence[str] = IMAGE_KEYS, on: str = "worker") -> Ca
 
     Args:
         keys: entries to look for, first present wins.
-        on: "worker" decodes here; "device" leaves the bytes as `image_bytes` for `decode_jpeg_batch`.
+        on: "worker" decodes here; "device" leaves the bytes as `image_bytes` for `decode_jpeg_batch`, with
+            `image_size` (H, W) from the header (the crop boxes are drawn in the worker).
     """
     if on not in ("worker", "device"):
         raise ValueError(f"on must be 'worker' or 'device', got {on!r}")
@@ -52,11 +54,21 @@ def decode_images(*, keys: Sequence[str] = IMAGE_KEYS, on: str = "worker") -> Ca
         out = {k: v for k, v in sample.items() if k != entry}
         if on == "device":
             out["image_bytes"] = bytes(sample[entry])
+            out["image_size"] = torch.tensor(encoded_size(out["image_bytes"]))
             return out
         out["image"] = decode_image(_as_tensor(sample[entry]), mode=ImageReadMode.RGB)  # (3, H, W) uint8
         return out
 
     return guarded(decode, what="decode_images")
+
+
+def encoded_size(data: bytes) -> tuple[int, int]:
+    """(H, W) of an encoded image, read from its header without decoding the pixels."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(bytes(data))) as img:
+        width, height = img.size
+    return height, width
 
 
 def read_depth_png(data: bytes) -> np.ndarray:

@@ -5,7 +5,10 @@ number of ranks and workers; every rank yields the same number of batches per ep
 {seed, epoch, samples_consumed} and restoring it continues the identical stream, also with another world size or
 worker count; bad samples are skipped and counted, never silently dropped, never slept on.
 
-Workers run the stages (CPU only); the device stage runs on the batches in the main process.
+Workers run the stages (CPU only), one torch thread each: the workers are the parallelism, and a worker using
+every core's threads oversubscribes the machine (14 workers x 16 threads on a 16-core host) and slows every one.
+The device stage runs on the batches in the main process; on a CPU it can instead run in the workers on each
+worker's batch (`batch_stage`, which `pipelines.feed.Feed` sets), so the training process only receives them.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from pipelines.sample import Sample
 from pipelines.shards import ShardList, resolve_shards
 from pipelines.stats import LoaderStats
 
-__all__ = ["StreamLoader", "worker_batches", "run_epoch", "stream_position", "restore_position"]
+__all__ = ["StreamLoader", "worker_batches", "run_epoch", "stream_position", "restore_position", "finish_batch",
+           "single_threaded"]
 
 log = logging.getLogger("pipelines.loader")
 
@@ -52,14 +56,37 @@ class _Timed:
             self.totals[self.name] += time.perf_counter() - t0
 
 
+BatchStage = Callable[[dict], dict]
+
+
+def finish_batch(batch: dict, batch_stage: BatchStage | None) -> dict:
+    """Runs `batch_stage` (the device stage on a CPU) on a collated batch where it was made, timed as "device";
+    a batch whose samples were all skipped passes through (the consumer skips it)."""
+    if batch_stage is None or not batch.get("__size__"):
+        return batch
+    t0 = time.perf_counter()
+    out = batch_stage(batch)
+    out["__timing__"] = {**batch.get("__timing__", {}), "device": time.perf_counter() - t0}
+    for key in ("__size__", "__skipped__"):
+        out.setdefault(key, batch[key])
+    return out
+
+
+def single_threaded(worker_id: int) -> None:
+    """DataLoader worker start: one torch thread (decord and PyAV are asked for one thread where they decode)."""
+    torch.set_num_threads(1)
+
+
 class _Epoch(IterableDataset):
     """One rank's batches of one epoch; in a DataLoader worker, that worker's share."""
 
     def __init__(self, shards: ShardList, order: EpochOrder, stages: Sequence[Stage], *, global_batch: int,
-                 rank: int, world: int, start: int, drop_last: bool, seed: int) -> None:
+                 rank: int, world: int, start: int, drop_last: bool, seed: int,
+                 batch_stage: BatchStage | None = None) -> None:
         self.shards, self.order, self.stages = shards, order, list(stages)
         self.global_batch, self.rank, self.world = global_batch, rank, world
         self.start, self.drop_last, self.seed = start, drop_last, seed
+        self.batch_stage = batch_stage
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
@@ -87,7 +114,7 @@ class _Epoch(IterableDataset):
             batch["__timing__"] = timing
             timer.seconds = 0.0
             totals.clear()
-            yield batch
+            yield finish_batch(batch, self.batch_stage)
 
     def _samples(self, positions: np.ndarray, timer: ReadTimer) -> Iterator[Sample]:
         """Samples at `positions` (ascending), read window by window and emitted in position order."""
@@ -122,7 +149,8 @@ def worker_batches(data: IterableDataset, *, num_workers: int, start_method: str
     kwargs: dict[str, Any] = {}
     if num_workers:
         context = start_method or "fork"
-        kwargs = dict(multiprocessing_context=multiprocessing.get_context(context), prefetch_factor=prefetch_factor)
+        kwargs = dict(multiprocessing_context=multiprocessing.get_context(context), prefetch_factor=prefetch_factor,
+                      worker_init_fn=single_threaded)
     # a private generator: creating the iterator must not draw from the global torch RNG, or a resumed run
     # (which restores that RNG) would diverge from an uninterrupted one
     loader = DataLoader(data, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
@@ -188,6 +216,10 @@ class StreamLoader:
         pin_memory: pin batches for fast host-to-device copies.
         prefetch_factor: batches each worker prepares ahead.
         start_method: worker start method; default fork (stages are closures; workers never touch CUDA).
+
+    Attributes:
+        batch_stage: a function run on each collated batch where it is made (in the worker), e.g. the device
+            stage on a CPU; None (default) hands out the collated batches.
     """
 
     def __init__(self, source: str | Sequence[str], *, batch_size: int, stages: Sequence[Stage] = (), seed: int = 0,
@@ -208,6 +240,7 @@ class StreamLoader:
         self.num_workers, self.shuffle_window, self.shuffle_shards = num_workers, shuffle_window, shuffle_shards
         self.drop_last, self.pin_memory, self.prefetch_factor = drop_last, pin_memory, prefetch_factor
         self.start_method = start_method
+        self.batch_stage: BatchStage | None = None
         self.stats = LoaderStats(max_skip_fraction=max_skip_fraction)
         self.epoch, self.samples_consumed = 0, 0
         if num_batches(self.shards.total, batch_size, drop_last=drop_last) == 0:
@@ -235,5 +268,5 @@ class StreamLoader:
             self.epoch, self.samples_consumed = self.epoch + 1, 0
         data = _Epoch(self.shards, self._order(), self.stages, global_batch=self.batch_size, rank=self.rank,
                       world=self.world_size, start=self.samples_consumed // self.batch_size,
-                      drop_last=self.drop_last, seed=self.seed)
+                      drop_last=self.drop_last, seed=self.seed, batch_stage=self.batch_stage)
         yield from run_epoch(self, data)

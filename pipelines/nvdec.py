@@ -5,8 +5,12 @@ frame plan and keyframes. Here a pool of `SimpleDecoder`s, reused across batches
 (building one is the expensive part), decodes several videos in parallel threads. Each video is read as chunks
 planned on the CPU (`plan_chunks`): a seek only where the next needed frame lies beyond the next keyframe,
 otherwise sequential `get_batch_frames`, and never more than `max_chunk` frames per call, because asking for a
-whole video at once crashed the process natively (GPU.md). On a CPU device the same plan decodes with PyAV, so
-the device stage gives the same batch without a GPU.
+whole video at once crashed the process natively (GPU.md). Each decode thread works on its own CUDA stream: on
+the caller's stream (the training step's, or the prefetch thread's) the host read in a thread's frame indexing
+would wait for everything queued there; a thread's frames are complete (its stream synchronised, which waits for
+that thread's work only) before the caller's stream stacks them, and they are marked as used by the caller's
+stream. H100 and H200 have 7 NVDEC engines, so 7 sessions by default keep them all busy. On a CPU device the same
+plan decodes with PyAV, so the device stage gives the same batch without a GPU.
 """
 
 from __future__ import annotations
@@ -73,13 +77,13 @@ class NvdecDecoder:
     """Decodes planned frames of a batch of videos on the GPU with a pool of reused NVDEC decoders.
 
     Args:
-        decoders: decoders (and threads) working in parallel.
+        decoders: decoders (and threads) working in parallel (7: the NVDEC engines of an H100/H200).
         max_chunk: most frames per `get_batch_frames` call.
         size: output (H, W) after a cover-resize and centre crop; None keeps the stored size (must then agree).
         tmpdir: where encoded videos are written for the decoders (SimpleDecoder reads files); default /dev/shm.
     """
 
-    def __init__(self, *, decoders: int = 4, max_chunk: int = 32, size: Sequence[int] | None = None,
+    def __init__(self, *, decoders: int = 7, max_chunk: int = 32, size: Sequence[int] | None = None,
                  tmpdir: str | None = None) -> None:
         self.decoders, self.max_chunk = decoders, max_chunk
         self.size = None if size is None else (int(size[0]), int(size[1]))
@@ -88,6 +92,8 @@ class NvdecDecoder:
         self._pool: ThreadPoolExecutor | None = None
         self._count = 0
         self._lock = threading.Lock()
+        self._streams: dict[int, torch.cuda.Stream] = {}  # one per pool thread, made on its first video
+        self._consumer: torch.cuda.Stream | None = None
 
     def __call__(self, videos: Sequence[bytes], index: Tensor, keyframes: Sequence[Sequence[int]],
                  device: torch.device | str) -> Tensor:
@@ -98,8 +104,27 @@ class NvdecDecoder:
             clips = [self._cpu(v, p) for v, p in zip(videos, plans)]
         else:
             pool = self._start(device)
-            clips = list(pool.map(lambda args: self._gpu(*args, device=device), zip(videos, plans, keyframes)))
-        return torch.stack(clips).to(device)
+            self._consumer = torch.cuda.current_stream(device)
+            clips = list(pool.map(lambda args: self._streamed(*args, device=device), zip(videos, plans, keyframes)))
+        if len({tuple(c.shape) for c in clips}) == 1:
+            return torch.stack(clips).to(device)
+        # videos of different sizes: one zero-padded batch (each clip's crop box lies inside its own frames)
+        from pipelines.resample import stack_padded
+
+        padded, _ = stack_padded([c.to(device).flatten(0, 2) for c in clips])  # (B, k*T*3, Hmax, Wmax)
+        return padded.reshape(len(clips), *clips[0].shape[:3], *padded.shape[-2:])  # (B, k, T, 3, Hmax, Wmax)
+
+    def _streamed(self, data: bytes, plan: np.ndarray, keyframes: Sequence[int], *, device: torch.device) -> Tensor:
+        """`_gpu` on this thread's own stream, finished before the caller's stream reads the frames."""
+        stream = self._streams.get(threading.get_ident())
+        if stream is None:
+            stream = self._streams[threading.get_ident()] = torch.cuda.Stream(device)
+        with torch.cuda.stream(stream):
+            frames = self._gpu(data, plan, keyframes, device=device)
+        stream.synchronize()
+        if self._consumer is not None:
+            frames.record_stream(self._consumer)
+        return frames
 
     def _cpu(self, data: bytes, plan: np.ndarray) -> Tensor:
         from pipelines.video import _pyav_frames

@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from pipelines.collate import collate
-from pipelines.loader import restore_position, run_epoch, stream_position
+from pipelines.loader import finish_batch, restore_position, run_epoch, stream_position
 from pipelines.meta import parse_meta
 from pipelines.order import EpochOrder
 from pipelines.reader import ReadTimer, read_stream
@@ -86,8 +86,8 @@ class _SpeakerEpoch(IterableDataset):
     """One rank's same-speaker batches of one epoch; in a DataLoader worker, that worker's share."""
 
     def __init__(self, shards: ShardList, plan: np.ndarray, stages: Sequence[Stage], *, rank: int, world: int,
-                 start: int, seed: int, epoch: int) -> None:
-        self.shards, self.plan, self.stages = shards, plan, list(stages)
+                 start: int, seed: int, epoch: int, batch_stage: Callable[[dict], dict] | None = None) -> None:
+        self.shards, self.plan, self.stages, self.batch_stage = shards, plan, list(stages), batch_stage
         self.rank, self.world, self.start, self.seed, self.epoch = rank, world, start, seed, epoch
         # the index order (no shard shuffle, no window): stream index == sample id
         self.order = EpochOrder(shards.counts, seed=seed, epoch=epoch, window=0, shuffle_shards=False)
@@ -112,7 +112,7 @@ class _SpeakerEpoch(IterableDataset):
                 stream = stage(stream)
             batch = collate(list(stream))
             batch["__timing__"] = {"read": timer.seconds, "stages": time.perf_counter() - t0 - timer.seconds}
-            yield batch
+            yield finish_batch(batch, self.batch_stage)
 
 
 class SpeakerBatchLoader:
@@ -150,6 +150,7 @@ class SpeakerBatchLoader:
         self.batch_size, self.stages, self.seed = batch_size, list(stages), seed
         self.num_workers, self.pin_memory, self.prefetch_factor = num_workers, pin_memory, prefetch_factor
         self.start_method = start_method
+        self.batch_stage: Callable[[dict], dict] | None = None  # as StreamLoader's
         self.stats = LoaderStats(max_skip_fraction=max_skip_fraction)
         self.epoch, self.samples_consumed = 0, 0
         if len(self._plan()) == 0:
@@ -175,5 +176,6 @@ class SpeakerBatchLoader:
         if len(self) <= 0:
             self.epoch, self.samples_consumed = self.epoch + 1, 0
         data = _SpeakerEpoch(self.shards, self._plan(), self.stages, rank=self.rank, world=self.world_size,
-                             start=self.samples_consumed // self.batch_size, seed=self.seed, epoch=self.epoch)
+                             start=self.samples_consumed // self.batch_size, seed=self.seed, epoch=self.epoch,
+                             batch_stage=self.batch_stage)
         yield from run_epoch(self, data)

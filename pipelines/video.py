@@ -137,6 +137,7 @@ def decode_frames(plan: Planner, *, size: tuple[int, int] | None = None, backend
         if backend == "nvdec":
             out[key], out["decoder"] = data, "nvdec"
             out["keyframes"] = list(meta.get("keyframes") or [])
+            out["video_size"] = torch.tensor([int(meta["height"]), int(meta["width"])])  # the device crops from it
             return out
         wanted, where = np.unique(index, return_inverse=True)  # decode each needed frame once
         scaled = cover_size(int(meta["width"]), int(meta["height"]), size) if size else None

@@ -1,7 +1,8 @@
 """Pretraining recipe, one loop for every method and modality. Reads top to bottom:
 
-config -> data (streaming loader + device stage) -> method -> AdamW -> loop (accumulate, clip, step, schedule,
-EMA update, log, figure, checkpoint) -> final checkpoint and loss curve.
+config -> `build_run`: data (streaming loader + device stage, joined in one `Feed`), method, `TrainStep` (AdamW,
+schedule, precision, compile) -> loop (a step per `accum` batches, log, figure, checkpoint) -> final checkpoint
+and loss curve. The benchmarks build their side with `build_run` too and time the same `TrainStep`.
 
 Run it as `mmssl <modality> pretrain --config NAME [key=value ...]`, or under torchrun:
 `torchrun --nproc_per_node 8 -m recipes.pretrain --config image/mae_vit_base data.train.source=...`.
@@ -10,12 +11,12 @@ Run it as `mmssl <modality> pretrain --config NAME [key=value ...]`, or under to
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import os
 import sys
 import time
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -25,13 +26,15 @@ from mmssl.config import ConfigError, instantiate, load_config, section, validat
 from mmssl.discover import find_config
 from mmssl.train import distributed as dist
 from mmssl.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from mmssl.train.optim import build_adamw, scaled_lr, set_hyper
+from mmssl.train.optim import build_adamw, scaled_lr
 from mmssl.train.plot import plot_curve
 from mmssl.train.runlog import RunLog, make_run_dir
 from mmssl.train.schedules import warmup_cosine
+from mmssl.train.step import TrainStep, method_inputs
+from pipelines.feed import Feed
 from recipes.settings import OptimSettings, TrainSettings
 
-__all__ = ["pretrain", "main"]
+__all__ = ["Run", "build_run", "check_config", "pretrain", "main"]
 
 SECTIONS = ("method", "data", "optim", "train")
 
@@ -60,9 +63,28 @@ def _resume_path(resume: str | bool | None, out_dir: Path, name: str) -> Path | 
     return path / "checkpoints" / "last.pt" if path.is_dir() else path
 
 
-def pretrain(cfg: dict[str, Any], *, resume: str | bool | None = None, run_dir: str | Path | None = None) -> dict:
-    """Trains the configured method; returns a summary (run folder, steps, first/last loss, checkpoint, the method)."""
-    # -- config: every key checked before anything is built ----------------------------------------------------
+@dataclass
+class Run:
+    """Everything a pretraining run is made of, built from its config by `build_run` (the recipe and every
+    benchmark build it the same way, so what is timed is what users run)."""
+
+    cfg: dict[str, Any]
+    name: str
+    optim: OptimSettings
+    train: TrainSettings
+    device: torch.device
+    rank: int
+    world: int
+    method: torch.nn.Module
+    step: TrainStep
+    loader: Any = None
+    device_stage: Any = None
+    feed: Feed | None = None
+    total: int = 1  # optimiser steps of the schedule
+
+
+def check_config(cfg: dict[str, Any]) -> tuple[OptimSettings, TrainSettings]:
+    """Every key checked before anything is built; the plain sections as settings."""
     unknown = [k for k in cfg if k not in SECTIONS and not k.startswith("_")]
     if unknown:
         raise ConfigError(f"config key {unknown[0]!r} is unknown; sections are {', '.join(SECTIONS)}")
@@ -70,24 +92,35 @@ def pretrain(cfg: dict[str, Any], *, resume: str | bool | None = None, run_dir: 
         if key not in cfg:
             raise ConfigError(f"config key {key!r} is missing")
     validate({k: cfg[k] for k in ("method", "data")})
-    optim, train = section(OptimSettings, cfg.get("optim"), "optim"), section(TrainSettings, cfg.get("train"), "train")
-    name = train.name or cfg.get("_name", "run")
+    return section(OptimSettings, cfg.get("optim"), "optim"), section(TrainSettings, cfg.get("train"), "train")
 
-    # -- devices, processes, seeds ------------------------------------------------------------------------------
+
+def _threads(train: TrainSettings, world: int, workers: int) -> None:
+    """The training process's own torch threads: the cores its loader workers (one thread each) leave free."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    torch.set_num_threads(train.threads or max(1, cores // world - workers))
+
+
+def build_run(cfg: dict[str, Any], *, data: bool = True, batch_size: int | None = None) -> Run:
+    """Builds a run from a config: devices and processes, the method (on its device, wrapped for DDP/FSDP), the
+    step (AdamW, schedule, precision, compile) and, with `data`, the loader, device stage and feed.
+
+    `batch_size` (per process) sizes the learning rate when there is no loader (benchmarks on synthetic batches).
+    """
+    optim, train = check_config(cfg)
+    name = train.name or cfg.get("_name", "run")
     device = _device(train.device)
     dist.init_distributed(device)
     rank, world = dist.rank(), dist.world_size()
-    amp = _precision(train.precision, device)
     torch.manual_seed(train.seed + rank)
 
-    # -- data: a streaming loader (workers, CPU) and the device stage (main process) ----------------------------
-    loader = instantiate(cfg["data"]["train"], where="data.train", rank=rank, world_size=world)
-    if train.threads or device.type == "cpu":
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        torch.set_num_threads(train.threads or max(1, cores // world - loader.num_workers))
-    device_stage = instantiate(cfg["data"].get("device"), where="data.device") if cfg["data"].get("device") else None
+    # -- data: a streaming loader (workers, CPU) and the device stage ------------------------------------------
+    loader = instantiate(cfg["data"]["train"], where="data.train", rank=rank, world_size=world) if data else None
+    _threads(train, world, loader.num_workers if loader is not None else 0)
+    stage_cfg = cfg["data"].get("device")
+    device_stage = instantiate(stage_cfg, where="data.device") if stage_cfg else None
 
-    # -- method, optimiser, schedule ----------------------------------------------------------------------------
+    # -- method, optimiser, schedule, step ------------------------------------------------------------------------
     method = instantiate(cfg["method"], where="method").to(device)
     model = method
     if world > 1:
@@ -102,14 +135,31 @@ def pretrain(cfg: dict[str, Any], *, resume: str | bool | None = None, run_dir: 
             model = torch.nn.parallel.DistributedDataParallel(
                 method, device_ids=[device.index] if device.type == "cuda" else None,
                 find_unused_parameters=train.find_unused_parameters)
-    step_fn = torch.compile(model) if train.compile else model
-    effective_batch = loader.batch_size * optim.accum
-    base_lr = optim.lr if optim.lr is not None else scaled_lr(optim.blr, effective_batch)
-    opt = build_adamw(method, lr=base_lr, weight_decay=optim.weight_decay, betas=optim.betas)
-    scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
-    per_epoch = max(len(loader) // optim.accum, 1)
-    total = train.steps or max(int(optim.epochs * per_epoch), 1)
+    per_step = (loader.batch_size if loader is not None else (batch_size or 1) * world) * optim.accum
+    base_lr = optim.lr if optim.lr is not None else scaled_lr(optim.blr, per_step)
+    total = train.steps or (max(int(optim.epochs * max(len(loader) // optim.accum, 1)), 1) if loader else 1)
     warmup = min(optim.warmup_epochs / optim.epochs, 1.0) if optim.epochs else 0.0
+    wd = None if optim.weight_decay_end is None else (
+        lambda p: warmup_cosine(p, base=optim.weight_decay, final=optim.weight_decay_end))
+    step = TrainStep(method, build_adamw(method, lr=base_lr, weight_decay=optim.weight_decay, betas=optim.betas),
+                     model=model, precision=_precision(train.precision, device), clip_grad=optim.clip_grad,
+                     compile=device.type == "cuda" if train.compile == "auto" else bool(train.compile),
+                     lr=lambda p: warmup_cosine(p, base=base_lr, final=optim.min_lr, warmup=warmup), weight_decay=wd)
+
+    run = Run(cfg=cfg, name=name, optim=optim, train=train, device=device, rank=rank, world=world, method=method,
+              step=step, loader=loader, device_stage=device_stage, total=total)
+    if loader is not None:
+        if device_stage is not None and hasattr(device_stage, "with_mask"):
+            device_stage.with_mask(getattr(method, "masking", None))  # the method's masks, drawn in the workers
+        run.feed = Feed(loader, device_stage, device, prefetch=train.prefetch)
+    return run
+
+
+def pretrain(cfg: dict[str, Any], *, resume: str | bool | None = None, run_dir: str | Path | None = None) -> dict:
+    """Trains the configured method; returns a summary (run folder, steps, first/last loss, checkpoint, the method)."""
+    run = build_run(cfg)
+    train, optim, method, step, feed = run.train, run.optim, run.method, run.step, run.feed
+    rank, world, total, name = run.rank, run.world, run.total, run.name
 
     # -- run folder, resume ---------------------------------------------------------------------------------------
     out_dir = Path(train.out_dir)
@@ -118,17 +168,15 @@ def pretrain(cfg: dict[str, Any], *, resume: str | bool | None = None, run_dir: 
         run_dir = ckpt_path.parent.parent if ckpt_path else (make_run_dir(out_dir, name) if rank == 0 else None)
     run_dir = Path(run_dir) if run_dir else out_dir / name
     log = RunLog(run_dir, enabled=rank == 0, tensorboard=train.tensorboard)
-    step = 0
+    done = 0
     if ckpt_path is not None:
         state = load_checkpoint(ckpt_path)
         method.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        loader.load_state_dict(state["data"])
-        step = state["step"]
+        step.load_state_dict(state)
+        feed.load_state_dict(state["data"])
+        done = state["step"]
         log.load()
-        log.truncate(step)
+        log.truncate(done)
         set_rng_state(state["rng"])  # last: building the model and the loader above drew random numbers
     log.save_config(cfg)
 
@@ -136,90 +184,61 @@ def pretrain(cfg: dict[str, Any], *, resume: str | bool | None = None, run_dir: 
         if rank != 0:
             return None
         return save_checkpoint(run_dir / "checkpoints" / "last.pt", {
-            "config": cfg, "model": method.state_dict(), "optimizer": opt.state_dict(),
-            "scaler": scaler.state_dict() if scaler else None, "step": step, "total_steps": total,
-            "rng": rng_state(), "data": loader.state_dict()})
+            "config": cfg, "model": method.state_dict(), **step.state_dict(), "step": done, "total_steps": total,
+            "rng": rng_state(), "data": feed.state_dict()})
 
     def figure(batch: dict) -> None:
         if rank == 0 and hasattr(method, "figure"):
             (run_dir / "figures").mkdir(exist_ok=True)
             with torch.no_grad():
-                method.figure(batch, run_dir / "figures" / f"step{step:07d}.png")
+                method.figure(method_inputs(batch), run_dir / "figures" / f"step{done:07d}.png")
 
-    # -- the loop -----------------------------------------------------------------------------------------------
-    bar = tqdm(total=total, initial=step, desc=name, unit="step", disable=rank != 0 or not train.progress)
-    data = iter(loader)
-    window, nonfinite, t_log, samples = [], 0, time.perf_counter(), 0
+    # -- the loop: nothing in it waits for the device except the log lines -----------------------------------
+    bar = tqdm(total=total, initial=done, desc=name, unit="step", disable=rank != 0 or not train.progress)
+    t_log, samples, waited = time.perf_counter(), 0, feed.waited_s
     batch = None
     end = min(total, train.stop_after) if train.stop_after else total
-    while step < end:
-        progress = step / total
-        set_hyper(opt, lr=warmup_cosine(progress, base=base_lr, final=optim.min_lr, warmup=warmup),
-                  weight_decay=None if optim.weight_decay_end is None else
-                  warmup_cosine(progress, base=optim.weight_decay, final=optim.weight_decay_end))
-        losses = []
-        for micro in range(optim.accum):
-            batch = next(data, None)
-            while batch is None or batch.get("__size__", 1) == 0:  # epoch end, or a batch that was all skipped
-                if batch is None:
-                    data = iter(loader)
-                batch = next(data, None)
-            if device_stage is not None:
-                batch = device_stage(batch, device)
-            sync = micro == optim.accum - 1 or not isinstance(model, torch.nn.parallel.DistributedDataParallel)
-            with (contextlib.nullcontext() if sync else model.no_sync()), \
-                    torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                out = step_fn(batch)
-            loss = out.loss / optim.accum
-            (scaler.scale(loss) if scaler else loss).backward()
-            losses.append(out.loss.detach())
-            samples += batch.get("__size__", 0) or loader.batch_size // world
-        loss_value = torch.stack(losses).mean()
-        if not torch.isfinite(loss_value).item():  # skip the step, keep count
-            opt.zero_grad(set_to_none=True)
-            nonfinite += 1
-            if nonfinite >= train.max_nonfinite:
-                raise RuntimeError(f"{nonfinite} non-finite losses in a row at step {step}: lower the learning "
-                                   f"rate, enable clip_grad, or use precision=bf16/fp32")
-            continue
-        nonfinite = 0
-        if scaler:
-            scaler.unscale_(opt)
-        if optim.clip_grad:
-            torch.nn.utils.clip_grad_norm_(method.parameters(), optim.clip_grad)
-        (scaler.step(opt), scaler.update()) if scaler else opt.step()
-        opt.zero_grad(set_to_none=True)
-        step += 1
-        if hasattr(method, "update"):
-            method.update(step / total)
-        window.append(loss_value)
-        bar.update(1)
-        if step % train.log_every == 0 or step == total:
-            elapsed = time.perf_counter() - t_log
-            record = {"loss": torch.stack(window).mean().item(), "lr": opt.param_groups[0]["lr"],
-                      "samples_per_s": samples * world / max(elapsed, 1e-9),
-                      **{k: float(v) for k, v in out.logs.items()}}
-            log.log(step, record)
-            bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
-                            sps=f"{record['samples_per_s']:.0f}")
-            window, samples, t_log = [], 0, time.perf_counter()
-        if train.ckpt_every and step % train.ckpt_every == 0 and step < end:
-            checkpoint()
-        if train.figure_every > 0 and step % train.figure_every == 0:
-            figure(batch)
-    bar.close()
+    try:
+        while done < end:
+            batches = [next(feed) for _ in range(optim.accum)]
+            batch = batches[-1]
+            out = step(batches, done / total, progress_after=(done + 1) / total)
+            samples += sum(b.get("__size__", 0) or run.loader.batch_size // world for b in batches)
+            done += 1
+            bar.update(1)
+            if done % train.log_every == 0 or done == end:
+                counts = step.drain()
+                step.check(counts, max_nonfinite=train.max_nonfinite, step=done)
+                elapsed = time.perf_counter() - t_log
+                record = {"loss": counts["loss"], "lr": step.optimizer.param_groups[0]["lr"],
+                          "samples_per_s": samples * world / max(elapsed, 1e-9),
+                          "data_wait": min((feed.waited_s - waited) / max(elapsed, 1e-9), 1.0),
+                          "skipped": counts["skipped"], **{k: float(v) for k, v in out.logs.items()}}
+                log.log(done, record)
+                bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
+                                sps=f"{record['samples_per_s']:.0f}", wait=f"{record['data_wait']:.0%}")
+                t_log, samples, waited = time.perf_counter(), 0, feed.waited_s
+            if train.ckpt_every and done % train.ckpt_every == 0 and done < end:
+                checkpoint()
+            if train.figure_every > 0 and done % train.figure_every == 0:
+                figure(batch)
+    finally:
+        bar.close()
+        feed.close()
 
     # -- the end: checkpoint, figures, summary --------------------------------------------------------------------
     path = checkpoint()
     if train.figure_every >= 0 and batch is not None:
         figure(batch)
-    losses = [r["loss"] for r in log.history]
+    history = log.history
+    losses = [r["loss"] for r in history]
     if rank == 0 and losses:
-        plot_curve([r["step"] for r in log.history], losses, run_dir / "loss.png", title=f"{name}: loss")
+        plot_curve([r["step"] for r in history], losses, run_dir / "loss.png", title=f"{name}: loss")
     log.close()
-    return {"run_dir": str(run_dir), "steps": step, "checkpoint": str(path) if path else None, "method": method,
+    waits = [r["data_wait"] for r in history if "data_wait" in r]
+    return {"run_dir": str(run_dir), "steps": done, "checkpoint": str(path) if path else None, "method": method,
             "first_loss": losses[0] if losses else math.nan, "last_loss": losses[-1] if losses else math.nan,
-            "data": loader.stats.summary()}
+            "data_wait": sum(waits) / len(waits) if waits else math.nan, "data": feed.stats.summary()}
 
 
 TINY_OVERRIDES = Path(__file__).resolve().parent / "tiny_overrides.yaml"
@@ -271,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"done: {summary['steps']} steps, loss {summary['first_loss']:.4f} -> {summary['last_loss']:.4f}; "
               f"run folder {summary['run_dir']}; checkpoint {summary['checkpoint']}")
         print(f"data: {summary['data']}")
+        print(f"data wait: {summary['data_wait']:.0%} of the training time was spent waiting for batches")
     return 0
 
 

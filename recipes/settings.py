@@ -48,7 +48,7 @@ class TrainSettings:
         seed: seed of model init and method randomness (data randomness uses the loader's seed).
         device: "auto" (CUDA when present), "cpu" or "cuda".
         precision: "auto" (bf16 autocast on GPU, fp32 on CPU), "bf16", "fp16" or "fp32".
-        compile: torch.compile the method.
+        compile: torch.compile the method's forward: "auto" (on CUDA), true or false.
         log_every: steps between log lines.
         ckpt_every: steps between checkpoints (0: only at the end).
         figure_every: steps between figures (0: only at the end; -1: never).
@@ -59,8 +59,10 @@ class TrainSettings:
         strategy: "ddp", or "fsdp" (FSDP2 fully_shard) for encoders too large for DDP.
         tensorboard: also log to TensorBoard when it is installed.
         progress: show a progress bar.
-        threads: torch CPU threads of the training process; None: on a CPU, the cores the loader's workers leave
-            free (oversubscribed cores make every step many times slower), else torch's default.
+        threads: torch CPU threads of the training process; None: the cores the loader's workers (one thread
+            each) leave free (oversubscribed cores make every step many times slower).
+        prefetch: batches the device stage runs ahead of the step in a thread on its own CUDA stream; None: 2 on
+            CUDA, none on a CPU (where the device stage runs in the loader's workers).
         stop_after: end this run after this step with a checkpoint, as a preempted job would (the schedule still
             runs to `steps`; `--resume` continues).
     """
@@ -69,7 +71,7 @@ class TrainSettings:
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"
-    compile: bool = False
+    compile: bool | str = "auto"
     log_every: int = 10
     ckpt_every: int = 500
     figure_every: int = 0
@@ -82,3 +84,4 @@ class TrainSettings:
     progress: bool = True
     stop_after: int | None = None
     threads: int | None = None
+    prefetch: int | None = None

@@ -56,7 +56,7 @@ class MAE(nn.Module):
         if tokens.visible is not None:
             return tokens
         mask = self.masking(tokens.batch_size, tokens.grid, device=tokens.patches.device)
-        return tokens.with_mask(mask)
+        return tokens.with_mask(mask, self.masking.visible_count(tokens.grid))  # known count: no host read
 
     def target(self, tokens: Tokens) -> Tensor:
         """What the decoder regresses (B, N, P): raw patches, or per-patch standardised ones."""

@@ -126,7 +126,10 @@ class MultiMAE(nn.Module):
         sizes = [t.num_tokens for t in tokens]
         total = sum(sizes)
         hidden = torch.cat(masks, dim=1)  # (B, N_total), modalities concatenated in `names` order
-        visible = visible_from_mask(hidden)  # (B, K): the same K in every row, though split differently
+        # the same K in every row, though split differently; known without reading the mask back from a GPU
+        count = (sum(t.num_visible for t in tokens) if all(t.visible is not None for t in tokens)
+                 else self.masking.visible)
+        visible = visible_from_mask(hidden, count)  # (B, K)
         emb = torch.cat([self._embed(n, t) for n, t in zip(self.names, tokens)], dim=1)  # (B, N_total, D)
         prefix, feats = self.encoder.encode(gather_tokens(emb, visible))  # (B, 1, D), (B, K, D)
         offsets = [sum(sizes[:i]) for i in range(len(sizes))]

@@ -64,7 +64,7 @@ class SiamMAE(nn.Module):
         past = replace(past, visible=None)  # the past frame is never masked
         if future.visible is None:
             mask = self.masking(future.batch_size, future.grid, device=future.patches.device)
-            future = future.with_mask(mask)
+            future = future.with_mask(mask, self.masking.visible_count(future.grid))
         return past, future
 
     def target(self, future: Tokens) -> Tensor:

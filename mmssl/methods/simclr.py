@@ -61,7 +61,8 @@ class SimCLR(nn.Module):
             # how often the positive is the nearest of all views (the official code logs this "contrast acc")
             sim = z1 @ torch.cat([all2, all1]).T  # (n, 2M)
             own = rank() * n + torch.arange(n, device=z.device)  # this rank's rows among the gathered ones
-            sim[torch.arange(n, device=z.device), all2.shape[0] + own] = float("-inf")  # not itself
+            columns = torch.arange(sim.shape[1], device=z.device)[None, :]  # (1, 2M)
+            sim = sim.masked_fill(columns == (all2.shape[0] + own)[:, None], float("-inf"))  # not itself
             acc = (sim.argmax(1) == own).float().mean()
         return Output(loss=loss, logs={"loss": loss.detach(), "embedding_std": embedding_std(z1),
                                        "contrast_acc": acc})

@@ -99,7 +99,8 @@ class VideoMAE(nn.Module):
         """The tokens with a mask: the pipeline's when it sampled one, else a fresh tube mask."""
         if tokens.visible is not None:
             return tokens
-        return tokens.with_mask(self.masking(tokens.batch_size, tokens.grid, device=tokens.patches.device))
+        mask = self.masking(tokens.batch_size, tokens.grid, device=tokens.patches.device)
+        return tokens.with_mask(mask, self.masking.visible_count(tokens.grid))  # known count: no host read
 
     def target(self, tokens: Tokens) -> Tensor:
         """The regression target (B, N, V*C)."""

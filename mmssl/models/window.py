@@ -51,17 +51,22 @@ class WindowBlock(nn.Module):
         self.register_buffer("rel_index", index, persistent=False)
 
     def _region_mask(self, grid: tuple[int, int], device: torch.device) -> Tensor | None:
-        """(nW, L, L) additive mask: -inf between tokens that the cyclic shift brought from different regions."""
+        """(nW, L, L) additive mask: -inf between tokens that the cyclic shift brought from different regions.
+
+        Each axis has up to three regions (before the last window, the last window's unshifted part, the part the
+        shift wrapped around); a cell's region label is computed from its index with comparisons on the device,
+        so no value is copied from the host in the step.
+        """
         if not any(self.shift):
             return None
-        labels = torch.zeros(grid, device=device)
-        region = 0
         (h, w), (wh, ww), (sh, sw) = grid, self.window, self.shift
-        for rows in ((0, h - wh), (h - wh, h - sh), (h - sh, h)) if sh else ((0, h),):
-            for cols in ((0, w - ww), (w - ww, w - sw), (w - sw, w)) if sw else ((0, w),):
-                labels[rows[0]:rows[1], cols[0]:cols[1]] = region
-                region += 1
-        win = _windows(labels.reshape(1, h * w, 1), grid, self.window).squeeze(-1)  # (nW, L)
+
+        def regions(size: int, window: int, shift: int) -> Tensor:
+            i = torch.arange(size, device=device)
+            return (i >= size - window).long() + (i >= size - shift).long() if shift else torch.zeros_like(i)
+
+        labels = regions(h, wh, sh)[:, None] * 3 + regions(w, ww, sw)[None, :]  # (H, W) region of each cell
+        win = _windows(labels.float().reshape(1, h * w, 1), grid, self.window).squeeze(-1)  # (nW, L)
         same = win[:, :, None] == win[:, None, :]
         return torch.zeros(same.shape, device=device).masked_fill(~same, float("-inf"))
 

@@ -89,9 +89,10 @@ class Tokens:
             return ~hidden
         return hidden.scatter(1, self.visible, False)
 
-    def with_mask(self, mask: Tensor) -> "Tokens":
-        """Returns a copy whose visible tokens are those where `mask` (B, N) is False."""
-        return replace(self, visible=visible_from_mask(mask))
+    def with_mask(self, mask: Tensor, count: int | None = None) -> "Tokens":
+        """Returns a copy whose visible tokens are those where `mask` (B, N) is False; `count`, the number of
+        visible tokens per row when the sampler knows it, spares a host read of the mask."""
+        return replace(self, visible=visible_from_mask(mask, count))
 
     def visible_patches(self) -> Tensor:
         """The patches of visible tokens, (B, K, P)."""
@@ -111,12 +112,20 @@ class Tokens:
         return unpatchify(self.patches, self.grid, self.patch)
 
 
-def visible_from_mask(mask: Tensor) -> Tensor:
-    """Sorted indices (B, K) of the False entries of a boolean mask (B, N) with the same count in every row."""
-    counts = (~mask).sum(1)
-    k = int(counts[0]) if mask.shape[0] else 0
-    if mask.shape[0] and not bool((counts == k).all()):
-        raise ValueError(f"every sample must keep the same number of visible tokens, got counts {counts.tolist()}")
+def visible_from_mask(mask: Tensor, count: int | None = None) -> Tensor:
+    """Sorted indices (B, K) of the False entries of a boolean mask (B, N) with the same count in every row.
+
+    Give `count` (K) when it is known, as the samplers know it (`RandomMask.visible_count`): then nothing is
+    read back from the mask, which on a GPU would make the host wait; without it the counts are checked.
+    """
+    if count is not None:
+        k = int(count)
+    else:
+        counts = (~mask).sum(1)
+        k = int(counts[0]) if mask.shape[0] else 0
+        if mask.shape[0] and not bool((counts == k).all()):
+            raise ValueError(f"every sample must keep the same number of visible tokens, got counts "
+                             f"{counts.tolist()}")
     # a stable sort of 0 (visible) before 1 (hidden) keeps visible tokens in grid order; contiguous, so that the
     # gathers reading these indices run over dense rows and a compiled step sees one stride pattern
     return torch.argsort(mask.to(torch.uint8), dim=1, stable=True)[:, :k].contiguous()

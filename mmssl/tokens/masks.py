@@ -2,7 +2,8 @@
 
 Every sampler is a small frozen dataclass; calling it returns a boolean mask (B, N), True where a token is
 hidden (MAE's convention). The number of visible tokens is the same in every row, so visible indices stack
-into a (B, K) tensor with no padding.
+into a (B, K) tensor with no padding; the samplers on a fixed grid also say that number (`visible_count`), so
+the indices can be taken from a mask without reading it back from a GPU.
 
 References: random masking, MAE (He et al., 2022); tube masking, VideoMAE (Tong et al., 2022); block masking,
 BEiT (Bao et al., 2022); time/frequency stripes, Audio-MAE fine-tuning (Huang et al., 2022); the Dirichlet split
@@ -48,10 +49,14 @@ class RandomMask:
     def __post_init__(self) -> None:
         _check_ratio(self.ratio, "RandomMask.ratio")
 
+    def visible_count(self, grid: Sequence[int]) -> int:
+        """Tokens each row keeps visible on `grid`."""
+        return int(math.prod(grid) * (1 - self.ratio))
+
     def __call__(self, batch: int, grid: Sequence[int], *, generator: torch.Generator | None = None,
                  device: torch.device | str | None = None) -> Tensor:
         n = math.prod(grid)
-        keep = int(n * (1 - self.ratio))
+        keep = self.visible_count(grid)
         # argsort of uniform noise is a uniform random permutation; the lowest n - keep are hidden
         return _hide_lowest(_rand((batch, n), generator, device), n - keep)
 
@@ -64,6 +69,11 @@ class TubeMask:
 
     def __post_init__(self) -> None:
         _check_ratio(self.ratio, "TubeMask.ratio")
+
+    def visible_count(self, grid: Sequence[int]) -> int:
+        """Tokens each row keeps visible on `grid` (T, *spatial)."""
+        hw = math.prod(grid[1:])
+        return grid[0] * (hw - int(self.ratio * hw))
 
     def __call__(self, batch: int, grid: Sequence[int], *, generator: torch.Generator | None = None,
                  device: torch.device | str | None = None) -> Tensor:
@@ -89,6 +99,11 @@ class BlockMask:
 
     def __post_init__(self) -> None:
         _check_ratio(self.ratio, "BlockMask.ratio")
+
+    def visible_count(self, grid: Sequence[int]) -> int:
+        """Tokens each row keeps visible on `grid`."""
+        hw = grid[-2] * grid[-1]
+        return math.prod(grid[:-2]) * (hw - int(self.ratio * hw))
 
     def __call__(self, batch: int, grid: Sequence[int], *, generator: torch.Generator | None = None,
                  device: torch.device | str | None = None) -> Tensor:
@@ -126,6 +141,10 @@ class CentreMask:
     def __post_init__(self) -> None:
         _check_ratio(self.fraction, "CentreMask.fraction")
 
+    def visible_count(self, grid: Sequence[int]) -> int:
+        """Tokens each row keeps visible on `grid`."""
+        return math.prod(grid) - math.prod(round(size * self.fraction) for size in grid)
+
     def __call__(self, batch: int, grid: Sequence[int], *, generator: torch.Generator | None = None,
                  device: torch.device | str | None = None) -> Tensor:
         box = torch.ones(tuple(grid), dtype=torch.bool, device=device)
@@ -154,6 +173,11 @@ class StripeMask:
     def __post_init__(self) -> None:
         _check_ratio(self.time_ratio, "StripeMask.time_ratio")
         _check_ratio(self.freq_ratio, "StripeMask.freq_ratio")
+
+    def visible_count(self, grid: Sequence[int]) -> int:
+        """Tokens each row keeps visible on a (T, F) `grid`."""
+        t, f = grid
+        return (t - int(t * self.time_ratio)) * (f - int(f * self.freq_ratio))
 
     def __call__(self, batch: int, grid: Sequence[int], *, generator: torch.Generator | None = None,
                  device: torch.device | str | None = None) -> Tensor:
@@ -219,6 +243,9 @@ def _keep_lowest(scores: Tensor, num_visible: int) -> Tensor:
 class NoMask:
     """Every token visible (the unmasked past frame of SiamMAE, or plain encoding)."""
 
+    def visible_count(self, grid: Sequence[int]) -> int:
+        return math.prod(grid)
+
     def __call__(self, batch: int, grid: Sequence[int], *, generator: torch.Generator | None = None,
                  device: torch.device | str | None = None) -> Tensor:
         return torch.zeros(batch, math.prod(grid), dtype=torch.bool, device=device)
@@ -227,6 +254,9 @@ class NoMask:
 @dataclass(frozen=True)
 class AllMask:
     """Every token hidden (a target stream that the encoder never sees)."""
+
+    def visible_count(self, grid: Sequence[int]) -> int:
+        return 0
 
     def __call__(self, batch: int, grid: Sequence[int], *, generator: torch.Generator | None = None,
                  device: torch.device | str | None = None) -> Tensor:

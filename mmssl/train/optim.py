@@ -36,10 +36,16 @@ def param_groups(model: nn.Module, *, weight_decay: float, no_decay: Iterable[st
 
 def build_adamw(model: nn.Module, *, lr: float, weight_decay: float, betas: Sequence[float] = (0.9, 0.95),
                 no_decay: Iterable[str] = ()) -> torch.optim.AdamW:
-    """AdamW over `param_groups`; the fused kernel when every parameter is on a CUDA device."""
+    """AdamW over `param_groups`; the fused kernel when every parameter is on a CUDA device or the CPU.
+
+    The fused kernel is one launch per device and dtype, and it can skip a step on the device (`found_inf`, which
+    `mmssl.train.step.TrainStep` sets for a non-finite loss) where the others need the host to look.
+    """
     groups = param_groups(model, weight_decay=weight_decay, no_decay=no_decay)
-    on_cuda = all(p.is_cuda for g in groups for p in g["params"])
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=on_cuda or None)
+    params = [p for g in groups for p in g["params"]]
+    fusable = bool(params) and all(p.device.type in ("cuda", "cpu") and p.is_floating_point() for p in params) and \
+        len({p.device.type for p in params}) == 1
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=fusable or None)
 
 
 def set_hyper(optimizer: torch.optim.Optimizer, *, lr: float, weight_decay: float | None = None) -> None:

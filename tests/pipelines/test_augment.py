@@ -9,7 +9,8 @@ import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from pipelines.augment import Augment, Crop, crop_box, crop_images, resized_crop, resized_crop_uint8
+from pipelines import colour
+from pipelines.augment import Augment, Crop, crop_box, crop_images, pack, resized_crop, resized_crop_uint8
 
 STRONG = Augment(crop=Crop(size=32, scale=(0.2, 1.0)), jitter=0.8, grayscale=0.2, blur=0.5, solarize=0.2,
                  blur_kernel=7)
@@ -89,12 +90,12 @@ def test_crop_box_and_flip_geometry():
 @pytest.mark.parametrize("op", ["brightness", "contrast", "saturation"])
 def test_colour_ops_match_torchvision(op):
     x = torch.rand(3, 3, 12, 12)
-    aug = Augment(crop=Crop(size=12))
     factors = torch.tensor([0.3, -0.2, 0.1])
     index = {"brightness": 0, "contrast": 1, "saturation": 2, "hue": 3}[op]
     table = torch.zeros(3, 4)
     table[:, index] = factors
-    out = aug._jitter(x.clone(), torch.ones(3, dtype=torch.bool), table, torch.arange(4).repeat(3, 1))
+    out = colour.jitter(x.clone()[:, None], torch.ones(3, dtype=torch.bool), table,
+                        torch.arange(4).repeat(3, 1))[:, 0]  # (N, F=1, 3, h, w) in, the frame axis dropped
     reference = {"brightness": lambda img, f: TF.adjust_brightness(img, 1 + f),
                  "contrast": lambda img, f: TF.adjust_contrast(img, 1 + f),
                  "saturation": lambda img, f: TF.adjust_saturation(img, 1 + f)}[op]
@@ -106,9 +107,8 @@ def test_hue_rotation_keeps_luma_and_greys():
     x = 0.25 + 0.5 * torch.rand(4, 3, 10, 10)  # away from the clamp
     grey = torch.rand(1, 1, 10, 10).expand(1, 3, 10, 10)
     batch = torch.cat([x, grey])
-    aug = Augment(crop=Crop(size=10))
-    hue = lambda shift: aug._jitter(batch.clone(), torch.ones(5, dtype=torch.bool),  # noqa: E731
-                                    torch.tensor([[0, 0, 0, shift]] * 5), torch.tensor([[3, 0, 1, 2]] * 5))
+    hue = lambda shift: colour.jitter(batch.clone()[:, None], torch.ones(5, dtype=torch.bool),  # noqa: E731
+                                      torch.tensor([[0, 0, 0, shift]] * 5), torch.tensor([[3, 0, 1, 2]] * 5))[:, 0]
     luma = lambda t: 0.299 * t[:, 0] + 0.587 * t[:, 1] + 0.114 * t[:, 2]  # noqa: E731
     turned = hue(0.08)
     assert (turned[:4] - x).abs().max() > 0.01
@@ -120,9 +120,10 @@ def test_hue_rotation_keeps_luma_and_greys():
 
 def test_blur_grayscale_and_solarize():
     x = torch.rand(4, 3, 16, 16)
-    params = [{"flip": False, "jitter": False, "gray": i == 0, "blur": i == 1, "solarize": i == 2, "sigma": 1.5,
-               "factors": np.zeros(4), "order": np.arange(4)} for i in range(4)]
-    out = Augment(crop=Crop(size=16), blur_kernel=9).pixels(x, params)
+    params = [{"box": (0, 0, 16, 16), "flip": False, "jitter": False, "gray": i == 0, "blur": i == 1,
+               "solarize": i == 2, "sigma": 1.5, "factors": np.zeros(4), "order": np.arange(4)} for i in range(4)]
+    out = Augment(crop=Crop(size=16), grayscale=0.5, blur=0.5, solarize=0.5, blur_kernel=9).apply(x.clone(),
+                                                                                                   pack(params))
     gray = 0.2989 * x[0, 0] + 0.587 * x[0, 1] + 0.114 * x[0, 2]
     torch.testing.assert_close(out[0], gray.expand(3, 16, 16))
     torch.testing.assert_close(out[1], TF.gaussian_blur(x[1], [9, 9], [1.5, 1.5]), atol=1e-5, rtol=0)
@@ -149,3 +150,17 @@ def test_flip_only_views_keep_uint8_and_flip_like_the_float_path():
     unflipped = aug(x, ids, sizes=sizes, raw=True, flipped=True)
     assert torch.equal(unflipped, x)  # flips already applied upstream are not applied again
     assert not Augment(jitter=0.8).flip_only and aug.flip_only
+
+
+def test_dense_gates_of_the_gpu_route_equal_the_indexed_cpu_route():
+    """On a GPU every row is computed and `torch.where` selects (no host read of the gates); on a CPU only the
+    gated rows are computed. Both must give the same views, frames of a clip sharing their sample's draw."""
+    x = torch.rand(6, 2, 3, 16, 20)  # (N, T, 3, h, w)
+    aug = Augment(crop=Crop(size=(16, 20)), jitter=0.8, grayscale=0.3, blur=0.5, solarize=0.3, blur_kernel=7)
+    draws = aug.draws(ids(6), [(16, 20)] * 6)
+    assert 0 < int(draws["jitter"].sum()) < 6 and 0 < int(draws["blur"].sum()) < 6  # both branches are taken
+    indexed = aug.apply(x.clone(), draws)
+    with colour.dense_gates():
+        dense = aug.apply(x.clone(), draws)
+    torch.testing.assert_close(dense, indexed, atol=1e-6, rtol=0)
+    assert not torch.equal(indexed, x)

@@ -1,0 +1,177 @@
+"""The device stage's per-sample randomness, drawn in the loader's workers and collated into tensors.
+
+Every random choice the device stage makes about a sample (each view's crop box, flip, jitter factors and order,
+grayscale, blur sigma, solarize; the visible tokens of its mask) comes from the sample's own counter-based
+generators, keyed by (seed, epoch, key, view) (`pipelines.rng`), so it is the same whichever batch, worker,
+device or rank the sample lands in. Drawing them is per-sample Python work; `draw_sample` does it in the worker
+that decodes the sample (the device stage's `planner()` stage) and writes small tensors:
+- `draw.{view}.{name}`: the view's parameters per row (`pipelines.augment.pack`: box, flip, jitter, factors,
+  order, gray, blur, sigma, solarize), rows = the k clips of a video (keys "{key}/{j}") or 1;
+- `draw.{target}.visible`: (rows, K) sorted visible-token indices of the mask, per view (image, video), for the
+  last frame ("frames") or the spectrogram ("audio"), from `sample_generator(seed, epoch, row key, "mask")`.
+The loader collates them like any entry; the device stage then only reads tensors. `draw_batch` draws the same
+values for a collated batch that lacks them (a batch made by hand, an evaluation loader without the planner).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
+
+import torch
+from torch import Tensor
+
+from mmssl.tokens import visible_from_mask
+from pipelines.images import encoded_size
+from pipelines.rng import sample_generator
+from pipelines.sample import Sample, guarded
+
+if TYPE_CHECKING:
+    from pipelines.device import DeviceStage
+
+__all__ = ["PREFIX", "VIEW_FIELDS", "row_ids", "draw_sample", "draw_batch", "has_draws", "planner"]
+
+PREFIX = "draw."
+VIEW_FIELDS = ("box", "flip", "jitter", "factors", "order", "gray", "blur", "sigma", "solarize")
+Ids = list[tuple[int, int, str]]
+
+
+def row_ids(seed: int, epoch: int, key: str, rows: int) -> Ids:
+    """(seed, epoch, key) of each row of a sample: one row keeps its key; k clips of a video are "{key}/{j}"."""
+    if rows == 1:
+        return [(seed, epoch, key)]
+    return [(seed, epoch, f"{key}/{j}") for j in range(rows)]
+
+
+def _clips(stage: "DeviceStage", sample: Mapping[str, Any]) -> tuple[int, int]:
+    """(rows, frames per row) of a video sample, from whichever form the workers left it in."""
+    for key in [f"video.{v.view}" for v in stage.views] + ["video", "frame_index"]:
+        value = sample.get(key)
+        if value is not None:
+            return int(value.shape[0]), int(value.shape[1])  # (k, T, ...)
+    raise KeyError(f"video sample {sample.get('__key__')!r} has no decoded clips (`video`), worker crops "
+                   f"(`video.<view>`) or NVDEC plan (`frame_index`)")
+
+
+def _source_size(stage: "DeviceStage", sample: Mapping[str, Any]) -> tuple[int, int]:
+    """(H, W) of the pixels the views crop from (or drew their crop from, when a worker cut it already)."""
+    if stage.mode in ("video", "frames"):
+        if any(f"video.{v.view}" in sample for v in stage.views):  # cut by `crop_clips` from frames this size
+            return _pair(sample["video_size"])
+        if sample.get("video") is not None:
+            return int(sample["video"].shape[2]), int(sample["video"].shape[3])  # (k, T, H, W, 3)
+        if "frame_index" in sample:  # an NVDEC plan: frames come at the decoder's size, else as stored
+            if stage.nvdec.size is not None:
+                return stage.nvdec.size
+            if "video_size" in sample:
+                return _pair(sample["video_size"])
+        raise KeyError(f"video sample {sample.get('__key__')!r} does not say its frame size (`video_size`)")
+    if "image_size" in sample:  # the original size, written by `crop_images` and by `decode_images(on="device")`
+        return _pair(sample["image_size"])
+    if sample.get("image") is not None:
+        return int(sample["image"].shape[-2]), int(sample["image"].shape[-1])  # (3, H, W)
+    if sample.get("image_bytes") is not None:
+        return encoded_size(sample["image_bytes"])
+    raise KeyError(f"image sample {sample.get('__key__')!r} has no `image`, `image_size` or `image_bytes`")
+
+
+def _pair(value: Any) -> tuple[int, int]:
+    h, w = (value.tolist() if isinstance(value, Tensor) else value)
+    return int(h), int(w)
+
+
+def _mask_targets(stage: "DeviceStage", sample: Mapping[str, Any], size: tuple[int, int] | None,
+                  frames: int) -> list[tuple[str, tuple[int, ...]]]:
+    """(target, token grid) of each mask the device stage applies to this sample."""
+    if stage.mode == "audio":
+        fbank = stage.fbank
+        if fbank is None or fbank.target_length is None:
+            raise ValueError("masks drawn in the workers need a fixed spectrogram length: Fbank(target_length=...)")
+        spec = stage.spec("audio")
+        return [("audio", _grid((fbank.target_length, fbank.mel.shape[0]), spec.patch))]
+    if stage.mode == "frames":
+        out = stage.views[0].size if stage.views else size
+        return [("frames", _grid(out, stage.spec("image").patch))]
+    if stage.mode == "video":
+        spec = stage.spec("video")
+        if not stage.views:
+            return [("video", _grid((frames, *size), spec.patch))]
+        return [(v.view, _grid((frames, *v.size), spec.patch)) for v in stage.views]
+    if stage.mode == "image":
+        spec = stage.spec("image")
+        return [(v.view, _grid(v.size, spec.patch)) for v in stage.views]
+    return []  # multimodal and waveform batches are masked by their methods
+
+
+def _grid(extent, patch) -> tuple[int, ...]:
+    if len(extent) != len(patch):
+        raise ValueError(f"cannot patch an input of extent {tuple(extent)} with patch {tuple(patch)}")
+    if any(int(e) % int(p) for e, p in zip(extent, patch)):
+        raise ValueError(f"input extent {tuple(extent)} is not divisible by the patch {tuple(patch)}: choose a crop "
+                         f"size (or clip length) that is a multiple of the patch")
+    return tuple(int(e) // int(p) for e, p in zip(extent, patch))
+
+
+def draw_sample(stage: "DeviceStage", sample: Sample) -> Sample:
+    """The sample with its `draw.*` entries (see the module docstring)."""
+    video = stage.mode in ("video", "frames")
+    rows, frames = _clips(stage, sample) if video else (1, 1)
+    ids = row_ids(int(sample.get("__seed__", 0)), int(sample.get("__epoch__", 0)), str(sample["__key__"]), rows)
+    size = _source_size(stage, sample) if stage.views or (video and stage.mask is not None) else None
+    out = dict(sample)
+    for aug in stage.views:
+        for name, value in aug.draws(ids, [size] * rows).items():
+            out[f"{PREFIX}{aug.view}.{name}"] = value  # (rows, ...)
+    if stage.mask is not None:
+        for target, grid in _mask_targets(stage, sample, size, frames):
+            count = stage.mask.visible_count(grid) if hasattr(stage.mask, "visible_count") else None
+            masks = [stage.mask(1, grid, generator=sample_generator(s, e, k, "mask")) for s, e, k in ids]
+            out[f"{PREFIX}{target}.visible"] = visible_from_mask(torch.cat(masks), count)  # (rows, K)
+    return out
+
+
+def planner(stage: "DeviceStage"):
+    """The worker stage that draws every sample's randomness for `stage` (a bad sample becomes a skip)."""
+    return guarded(lambda sample: draw_sample(stage, sample), what="device_draws")
+
+
+def expected(stage: "DeviceStage") -> list[str]:
+    """The `draw.*` keys a batch for `stage` carries once drawn."""
+    keys = [f"{PREFIX}{v.view}.flip" for v in stage.views]
+    if stage.mask is not None and stage.mode in ("image", "video"):
+        keys += [f"{PREFIX}{v.view}.visible" for v in stage.views] or [f"{PREFIX}video.visible"]
+    elif stage.mask is not None and stage.mode in ("frames", "audio"):
+        keys.append(f"{PREFIX}{stage.mode}.visible")
+    return keys
+
+
+def has_draws(stage: "DeviceStage", batch: Mapping[str, Any]) -> bool:
+    return all(k in batch for k in expected(stage))
+
+
+def _as_list(value: Any, n: int, default: Any) -> list:
+    if value is None:
+        return [default] * n
+    return list(value.tolist() if isinstance(value, Tensor) else value)
+
+
+def _rows(batch: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+    """The samples of a collated batch, as far as drawing needs them (one dict per sample)."""
+    n = len(batch["__key__"])
+    seeds = _as_list(batch.get("__seed__"), n, 0)
+    epochs = _as_list(batch.get("__epoch__"), n, 0)
+    for b in range(n):
+        row = {"__key__": batch["__key__"][b], "__seed__": seeds[b], "__epoch__": epochs[b]}
+        for key, value in batch.items():
+            if not key.startswith("__") and isinstance(value, (Tensor, list)) and len(value) == n:
+                row[key] = value[b]
+        yield row
+
+
+def draw_batch(stage: "DeviceStage", batch: Mapping[str, Any]) -> dict[str, Any]:
+    """A collated batch with the `draw.*` entries its samples would have had from the planner."""
+    drawn = [draw_sample(stage, row) for row in _rows(batch)]
+    out = dict(batch)
+    for key in drawn[0]:
+        if key.startswith(PREFIX):
+            out[key] = torch.stack([d[key] for d in drawn])  # (B, rows, ...)
+    return out
