@@ -1,18 +1,23 @@
-"""Pipeline throughput: our shards + worker stages + device stage against the usual per-file loaders.
+"""Pipeline throughput: the recipe's feed, built from the shipped configs, against the usual per-file loaders.
 
 Makes its own media (H.264 320x240 with a 1 s GOP and B-frames, ~500x375 JPEGs, 10 s FLAC clips), shards it with
-the sharding tool, and measures in one run with the same number of worker processes:
-- video clips/s: ours (decord over the stored bytes, one decode of the needed frames for --repeats clips, uint8
-  crop and flip in the workers, channel-last; patchify, a fused cast + normalise and tube masks batched on the
-  device) vs a VideoMAE-style loader (a decord VideoReader per clip from the mp4 file, 16 frames at stride 4,
-  multi-scale crop, resize, to-tensor and normalise frame by frame on PIL images);
-- images/s: ours (libjpeg-turbo decode + crop in workers, flip/jitter/grayscale/blur/solarize batched on the
-  device) vs torchvision ImageFolder + DataLoader with the same augmentations per image;
-- spectrograms/s: ours (decode in workers, batched fbank on the device) vs kaldi fbank per clip in workers.
-Each ratio is printed. With CUDA the device stage runs there and the GPU paths (nvjpeg, NVDEC when PyNvVideoCodec
-is installed, fbank on CUDA) are measured too.
+the sharding tool, and measures, with the same number of worker processes on each side:
+- video clips/s: ours is `video/videomae_vit_base`'s data section (decord over the stored bytes, one decode of the
+  needed frames for the config's 2 clips per video (`--repeats`), each clip's crop, flip, patchify, fused cast +
+  normalise and tube mask) vs a VideoMAE-style loader (a decord VideoReader per clip from the mp4 file, 16 frames
+  at stride 4, multi-scale crop, resize, to-tensor and normalise frame by frame on PIL images);
+- images/s: ours is `image/byol_vit_base`'s (libjpeg-turbo decode and the two views' crops in workers, then flips,
+  colour jitter, grayscale, blur, solarize and patchify batched) vs torchvision ImageFolder + DataLoader with
+  BYOL's two views made per image;
+- spectrograms/s: ours is `audio/audiomae_vit_base`'s (decode, batched Kaldi fbank, 1024 frames) vs kaldi fbank
+  per clip in workers.
+Ours is `recipes.pretrain.build_run(config)`'s `Feed`, what `mmssl ... pretrain` trains from: on a CPU its device
+stage runs inside the loader's workers, with CUDA on the GPU a few batches ahead of the consumer (and the GPU paths
+nvjpeg, NVDEC when PyNvVideoCodec is installed, and fbank on CUDA are measured too). Besides the rates it prints
+the CPU milliseconds per item, of all processes and of the training process alone (what the loader leaves it to
+do): the rates move with whatever else runs on the machine, the CPU cost per item much less.
 
-Run: `python benchmarks/pipeline.py [--workers 2] [--workdir DIR]`.
+Run: `python benchmarks/pipeline.py [--workers 2] [--only video|image|audio] [--workdir DIR]`.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 CLIP_FRAMES, STRIDE, SIZE = 16, 4, 224
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+CONFIGS = {"video": "video/videomae_vit_base", "image": "image/byol_vit_base", "audio": "audio/audiomae_vit_base"}
 
 
 # -- media -------------------------------------------------------------------------------------------------------
@@ -122,32 +128,34 @@ def shard(src: Path, out: Path, modality: str, gop: int | None = None) -> Path:
 
 # -- timing ------------------------------------------------------------------------------------------------------
 
-def _cpu_seconds() -> float:
-    """User + system CPU time of this process and of its finished (joined) children, e.g. loader workers."""
+def _cpu_seconds(who: str = "all") -> float:
+    """User + system CPU time of this process ("self"), of its finished (joined) children, e.g. loader workers
+    ("children"), or both ("all")."""
     own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+    mine, theirs = own.ru_utime + own.ru_stime, kids.ru_utime + kids.ru_stime
+    return {"self": mine, "children": theirs, "all": mine + theirs}[who]
 
 
-CPU_MS: dict[int, float] = {}  # id of the last timed iterable -> CPU ms per item
+class Timing:
+    """Items per second from the loader's start (worker start-up included, for ours and the baselines alike), and
+    CPU milliseconds per item of all processes and of this one (the training process).
 
-
-def timed(batches: Iterable, count: Callable[[object], int], skip: int = 0) -> float:
-    """Items per second, from the loader's start (worker start-up included, for ours and the baselines alike).
-
-    Also records CPU ms per item over all processes (`CPU_MS["last"]`): on a machine shared with other jobs the
-    rates move with the load, the CPU cost per item much less, so it tells whether a ratio would hold on an idle
-    machine where every process has its core.
+    The workers' CPU time is counted when they have finished, so the iterable is closed (or dropped) first.
     """
-    done, start, cpu = 0, time.perf_counter(), _cpu_seconds()
-    for i, batch in enumerate(batches):
-        if i < skip:
-            start, cpu = time.perf_counter(), _cpu_seconds()  # the clock starts when the skipped batches are in
-            continue
-        done += count(batch)
-    del batches  # lets the workers finish, so their CPU time is counted
-    gc.collect()
-    CPU_MS["last"] = (_cpu_seconds() - cpu) * 1000 / done if done else float("nan")
-    return done / (time.perf_counter() - start) if done else float("nan")
+
+    def __init__(self, batches: Iterable, count: Callable[[object], int], items: int) -> None:
+        done, start, cpu, own = 0, time.perf_counter(), _cpu_seconds(), _cpu_seconds("self")
+        it = iter(batches)
+        while done < items:
+            done += count(next(it))
+        self.rate = done / (time.perf_counter() - start)
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()  # ends the workers, so their CPU time is in RUSAGE_CHILDREN
+        del it, batches
+        gc.collect()
+        self.cpu_ms = (_cpu_seconds() - cpu) * 1000 / done
+        self.main_ms = (_cpu_seconds("self") - own) * 1000 / done
 
 
 def epochs(loader, n: int):
@@ -184,14 +192,23 @@ class VideoMAEClips(torch.utils.data.Dataset):
         return torch.stack(out, 1)  # (3, T, H, W)
 
 
-def byol_transforms():
-    import torchvision.transforms as T
+class TwoViews:
+    """BYOL's two views of an image, as its reference input pipeline makes them: per image, with torchvision."""
 
-    return T.Compose([
-        T.RandomResizedCrop(SIZE, scale=(0.08, 1.0)), T.RandomHorizontalFlip(),
-        T.RandomApply([T.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8), T.RandomGrayscale(0.2),
-        T.RandomApply([T.GaussianBlur(23, (0.1, 2.0))], p=0.5), T.RandomSolarize(128, p=0.2),
-        T.ToTensor(), T.Normalize(MEAN, STD)])
+    def __init__(self) -> None:
+        import torchvision.transforms as T
+
+        def view(blur: float, solarize: float):
+            return T.Compose([
+                T.RandomResizedCrop(SIZE, scale=(0.08, 1.0)), T.RandomHorizontalFlip(),
+                T.RandomApply([T.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8), T.RandomGrayscale(0.2),
+                T.RandomApply([T.GaussianBlur(23, (0.1, 2.0))], p=blur), T.RandomSolarize(128, p=solarize),
+                T.ToTensor(), T.Normalize(MEAN, STD)])
+
+        self.views = [view(1.0, 0.0), view(0.1, 0.2)]  # image/byol_vit_base.yaml's two views
+
+    def __call__(self, image):
+        return [v(image) for v in self.views]
 
 
 class KaldiClips(torch.utils.data.Dataset):
@@ -222,16 +239,19 @@ def loader(dataset, batch: int, workers: int, **kw):
 
 # -- ours --------------------------------------------------------------------------------------------------------
 
-def ours(index: Path, stages, device_stage, device, batch: int, workers: int, n_epochs: int, count):
-    from pipelines.loader import StreamLoader
+def ours(kind: str, index: Path, *, batch: int, workers: int, device: torch.device, repeats: int):
+    """The recipe's feed for the shipped config of `kind`, reading `index` (`build_run`, as `mmssl pretrain`)."""
+    from recipes.pretrain import build_run, load_run_config
 
-    stream = StreamLoader(str(index), batch_size=batch, stages=stages, num_workers=workers, shuffle_window=64,
-                          max_skip_fraction=0.0)
-    outputs = (device_stage(b, device) for b in epochs(stream, n_epochs))
-    rate = timed(outputs, count)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return rate
+    overrides = [f"data.train.source={index}", f"data.train.batch_size={batch}", f"data.train.num_workers={workers}",
+                 "data.train.shuffle_window=64", "data.train.max_skip_fraction=0.0", f"train.device={device.type}"]
+    if kind == "video":
+        overrides.append(f"data.train.stages.0.clips={repeats}")
+    return build_run(load_run_config(CONFIGS[kind], None, overrides)).feed
+
+
+COUNT = {"video": lambda b: b["video"].batch_size, "image": lambda b: b["views"][0].batch_size,
+         "audio": lambda b: b["audio"].batch_size}
 
 
 def main() -> None:
@@ -243,25 +263,16 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=96, help="audio clips of 10 s")
     parser.add_argument("--gop", type=int, default=0,
                         help="transcode sharded videos to this keyframe interval (0: store the source bytes)")
-    parser.add_argument("--repeats", type=int, default=4, help="video clips cut from one decode (repeated sampling)")
+    parser.add_argument("--repeats", type=int, default=2, help="video clips cut from one decode (repeated sampling)")
     parser.add_argument("--only", choices=["video", "image", "audio"], default=None, help="measure one modality")
     parser.add_argument("--workdir", default=None, help="keep media and shards here (default: a temp dir)")
     args = parser.parse_args()
 
-    from mmssl.tokens import TubeMask
-    from pipelines.augment import Augment, Crop, crop_clips, crop_images
-    from pipelines.device import DeviceStage
-    from pipelines.fbank import Fbank
-    from pipelines.images import decode_images
-    from pipelines.audio import decode_audio
-    from pipelines.video import decode_clips
-
     root = Path(args.workdir or tempfile.mkdtemp(prefix="mmssl-bench-"))
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
-    if not cuda:  # the device stage shares the cores with the workers: more threads only oversubscribe them
-        torch.set_num_threads(1)
-    print(f"workers {args.workers}, device stage on {device}, torch threads {torch.get_num_threads()}, in {root}")
+    print(f"workers {args.workers}, device stage on {device} ({'a thread ahead' if cuda else 'in the workers'}), "
+          f"in {root}", flush=True)
     t0 = time.perf_counter()
     videos = make_videos(root / "media", args.videos, args.video_frames) if args.only in (None, "video") else []
     images = make_images(root / "media", args.images) if args.only in (None, "image") else []
@@ -271,86 +282,64 @@ def main() -> None:
     kinds = (args.only,) if args.only else ("video", "image", "audio")
     idx = {m: shard(root / "media" / m, root / "shards" / m, m, (args.gop or None) if m == "video" else None)
            for m in kinds}
-    print(f"media and shards made in {time.perf_counter() - t0:.1f} s")
-    w, results, cpu = args.workers, {}, {}
-
-    if "video" in kinds:
-        # video: 16x4 clips, 224 crops
-        view = Augment(crop=Crop(size=SIZE, scale=(0.35, 1.0), ratio=(0.75, 1.3333)))
-        video_device = DeviceStage(mode="video", views=[view], mask=TubeMask(0.9))
-        # one decode feeds --repeats clips at the stored size (decord's own resize costs more than it saves)
-        stages = [decode_clips(num_frames=CLIP_FRAMES, stride=STRIDE, clips=args.repeats, backend="decord"),
-                  crop_clips(view=view)]
-        # one pass: --repeats clips from each video for ours, each video read --repeats times (a clip per read) for
-        # the baseline
-        results["video ours"] = ours(idx["video"], stages, video_device, device, 8, w, 1,
-                                     lambda b: b["video"].batch_size)
-        cpu["video ours"] = CPU_MS["last"]
-        base = loader(VideoMAEClips(videos, repeats=args.repeats), 16, w)
-        results["video baseline"] = timed(base, lambda b: b.shape[0])
-        cpu["video baseline"] = CPU_MS["last"]
-        print(f"video clips/s: ours {results['video ours']:.1f}, baseline {results['video baseline']:.1f}",
+    print(f"media and shards made in {time.perf_counter() - t0:.1f} s", flush=True)
+    w, results = args.workers, {}
+    # ours and the baseline handle the same number of items: every video's clips once, every image twice
+    plans = {"video": (8, len(videos) * args.repeats,
+                       lambda: loader(VideoMAEClips(videos, repeats=args.repeats), 16, w), lambda b: b.shape[0]),
+             "image": (64, 2 * len(images), lambda: epochs(_image_baseline(root, w), 2), lambda b: b[0][0].shape[0]),
+             "audio": (32, 2 * len(clips), lambda: epochs(loader(KaldiClips(clips), 32, w), 2), lambda b: b.shape[0])}
+    for kind in kinds:
+        batch, items, baseline, count = plans[kind]
+        results[f"{kind} ours"] = Timing(ours(kind, idx[kind], batch=batch, workers=w, device=device,
+                                              repeats=args.repeats), COUNT[kind], items)
+        results[f"{kind} baseline"] = Timing(baseline(), count, items)
+        print(f"{kind}/s: ours {results[f'{kind} ours'].rate:.1f}, baseline {results[f'{kind} baseline'].rate:.1f}",
               flush=True)
-
-    if "image" in kinds:
-        # images: BYOL view augmentations
-        strong = Augment(crop=Crop(size=SIZE, scale=(0.08, 1.0)), jitter=0.8, grayscale=0.2, blur=0.5,
-                         solarize=0.2)
-        image_device = DeviceStage(mode="image", views=[strong])
-        stages = [decode_images(), crop_images(crops=[strong.crop])]
-        results["image ours"] = ours(idx["image"], stages, image_device, device, 64, w, 2,
-                                     lambda b: b["image"].batch_size)
-        cpu["image ours"] = CPU_MS["last"]
-        from torchvision.datasets import ImageFolder
-
-        base = loader(ImageFolder(str(root / "media" / "image"), transform=byol_transforms()), 64, w)
-        results["image baseline"] = timed(epochs(base, 2), lambda b: b[0].shape[0])
-        cpu["image baseline"] = CPU_MS["last"]
-        print(f"images/s: ours {results['image ours']:.1f}, baseline {results['image baseline']:.1f}",
-              flush=True)
-
-    if "audio" in kinds:
-        # spectrograms
-        audio_device = DeviceStage(mode="audio", fbank=Fbank())
-        results["audio ours"] = ours(idx["audio"], [decode_audio(seconds=10.0)], audio_device, device, 32, w, 2,
-                                     lambda b: b["audio"].batch_size)
-        cpu["audio ours"] = CPU_MS["last"]
-        results["audio baseline"] = timed(epochs(loader(KaldiClips(clips), 32, w), 2), lambda b: b.shape[0])
-        cpu["audio baseline"] = CPU_MS["last"]
-
     if cuda and not args.only:
-        gpu_paths(results, idx, w, Augment, Crop, DeviceStage, decode_images, decode_clips, view, strong, device)
-
-    for name, value in results.items():
-        print(f"{name:>24}: {value:9.1f} /s")
-    for name, value in cpu.items():
-        print(f"{name + ' CPU':>24}: {value:9.1f} ms per item (all processes)")
-    for what, target in [(k, {"video": 2.0, "image": 1.5}.get(k)) for k in kinds]:
-        ratio = results[f"{what} ours"] / results[f"{what} baseline"]
-        goal = f" (target >= {target})" if target else ""
-        cost = cpu[f"{what} baseline"] / cpu[f"{what} ours"]
-        print(f"{what} ratio ours/baseline: {ratio:.2f}{goal}; CPU cost per item baseline/ours: {cost:.2f}")
+        gpu_paths(results, idx, w, device)
+    report(results, kinds)
     if not args.workdir:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def gpu_paths(results, idx, w, Augment, Crop, DeviceStage, decode_images, decode_clips, view, strong, device):
+def _image_baseline(root: Path, workers: int):
+    from torchvision.datasets import ImageFolder
+
+    return loader(ImageFolder(str(root / "media" / "image"), transform=TwoViews()), 64, workers)
+
+
+def report(results: dict, kinds: Iterable[str]) -> None:
+    """Rates, CPU cost per item (all processes, and the training process alone), ratios against the targets."""
+    for name, t in results.items():
+        line = f"{name:>24}: {t.rate:9.1f} /s" if isinstance(t, Timing) else f"{name:>24}: {t:9.1f} /s"
+        if isinstance(t, Timing):
+            line += f"   CPU {t.cpu_ms:6.1f} ms per item, training process {t.main_ms:5.1f} ms"
+            if name.endswith("ours"):
+                line += f" ({t.main_ms / t.cpu_ms:.0%})"
+        print(line)
+    for what in kinds:
+        target = {"video": 2.0, "image": 1.5, "audio": 1.5}[what]
+        ours_t, base = results[f"{what} ours"], results[f"{what} baseline"]
+        print(f"{what} ratio ours/baseline: {ours_t.rate / base.rate:.2f} (target >= {target}); CPU cost per item "
+              f"baseline/ours: {base.cpu_ms / ours_t.cpu_ms:.2f}; training process {ours_t.main_ms:.1f} of "
+              f"{ours_t.cpu_ms:.1f} ms per item (target <= 20%)")
+
+
+def gpu_paths(results: dict, idx: dict, workers: int, device: torch.device) -> None:
     """nvjpeg (bytes to the device), NVDEC (plans from workers), fbank on CUDA at a large batch."""
     from pipelines.fbank import Fbank
 
-    stage = DeviceStage(mode="image", views=[strong])
-    results["image nvjpeg"] = ours(idx["image"], [decode_images(on="device")], stage, device, 256, w, 4,
-                                   lambda b: b["image"].batch_size)
+    stages = ['data.train.stages=[{_component_: pipelines.images.decode_images, "on": device}]']  # YAML: quote on
+    results["image nvjpeg"] = _override_rate("image", idx["image"], stages, 256, workers, device)
     try:
         import PyNvVideoCodec  # noqa: F401
     except ImportError:
         print("PyNvVideoCodec not installed: NVDEC path not measured (pip install 'mmssl[gpu]')")
     else:
-        from pipelines.nvdec import NvdecDecoder
-
-        stage = DeviceStage(mode="video", views=[view], nvdec=NvdecDecoder(decoders=4, size=(SIZE, 298)))
-        plan = [decode_clips(num_frames=CLIP_FRAMES, stride=STRIDE, clips=2, backend="nvdec")]
-        results["video nvdec"] = ours(idx["video"], plan, stage, device, 16, w, 3, lambda b: b["video"].batch_size)
+        stages = [f"data.train.stages=[{{_component_: pipelines.video.decode_clips, num_frames: {CLIP_FRAMES}, "
+                  f"stride: {STRIDE}, clips: 2, backend: nvdec}}]"]
+        results["video nvdec"] = _override_rate("video", idx["video"], stages, 16, workers, device)
     fbank, wave = Fbank().to(device), torch.randn(256, 160000, device=device)
     fbank(wave)
     torch.cuda.synchronize()
@@ -359,6 +348,25 @@ def gpu_paths(results, idx, w, Augment, Crop, DeviceStage, decode_images, decode
         fbank(wave)
     torch.cuda.synchronize()
     results["fbank cuda (256x10s)"] = 2560 / (time.perf_counter() - start)
+
+
+def _override_rate(kind: str, index: Path, extra: list[str], batch: int, workers: int, device: torch.device, *,
+                   seconds: float = 20.0) -> float:
+    """Items/s of the shipped config of `kind` with `extra` overrides (other decode stages), over `seconds`."""
+    from recipes.pretrain import build_run, load_run_config
+
+    overrides = [f"data.train.source={index}", f"data.train.batch_size={batch}", f"data.train.num_workers={workers}",
+                 "data.train.shuffle_window=64", f"train.device={device.type}", *extra]
+    feed = build_run(load_run_config(CONFIGS[kind], None, overrides)).feed
+    count, done, start = COUNT[kind], 0, time.perf_counter()
+    try:
+        while time.perf_counter() - start < seconds:
+            done += count(next(feed))
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    finally:
+        feed.close()
+    return done / (time.perf_counter() - start)
 
 
 if __name__ == "__main__":

@@ -129,6 +129,9 @@ def _check_keys(target: Callable, keys: Sequence[str], num_args: int, where: str
     name = getattr(target, "__qualname__", str(target))
     prefix = f"{where}." if where else ""
     for key in keys:
+        if not isinstance(key, str):  # YAML 1.1 reads on/off/yes/no/true as booleans, also as keys
+            raise ConfigError(f"config key {key!r} under {where or '<root>'!r} is not a name: quote it "
+                              f"(YAML reads on, off, yes, no as booleans), e.g. \"on\": device")
         if key not in valid:
             guess = difflib.get_close_matches(key, valid, n=1)
             hint = f" Did you mean {guess[0]!r}?" if guess else ""

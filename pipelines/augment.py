@@ -27,7 +27,8 @@ from pipelines import colour
 from pipelines.rng import sample_rng
 from pipelines.sample import Sample, guarded
 
-__all__ = ["Crop", "Augment", "pack", "crop_box", "resized_crop", "resized_crop_uint8", "crop_images", "crop_clips"]
+__all__ = ["Crop", "Augment", "pack", "crop_box", "resized_crop", "resized_crop_uint8", "crop_images", "crop_clips",
+           "cut_image", "cut_clip", "cut_maps"]
 
 
 def _pair(size: int | Sequence[int]) -> tuple[int, int]:
@@ -100,13 +101,35 @@ class Crop:
         return crop_box(rng, height, width, self.scale, self.ratio)
 
 
+def cut_image(image: Tensor, box: Sequence[int], size: tuple[int, int], flip: bool = False) -> Tensor:
+    """One crop of a uint8 image (3, H, W) resized to `size`, (3, h, w) uint8 contiguous; `flip` mirrors it in the
+    copy that makes it contiguous (free)."""
+    small = resized_crop_uint8(image, box, size)  # channels-last memory
+    return small.flip(-1) if flip else small.contiguous()
+
+
+def cut_clip(frames: Tensor, box: Sequence[int], size: tuple[int, int], flip: bool = False) -> Tensor:
+    """One box of every frame of a uint8 clip (T, H, W, 3) resized to `size`, (T, h, w, 3) uint8 contiguous."""
+    frames = frames.permute(0, 3, 1, 2)  # (T, H, W, 3) -> (T, 3, H, W), a view with channels last
+    # (T, 3, h, w) channels-last memory -> (T, h, w, 3), a view; flip (a copy) or contiguous makes it dense
+    small = resized_crop_uint8(frames, box, size).permute(0, 2, 3, 1)
+    return small.flip(2) if flip else small.contiguous()
+
+
+def cut_maps(sample: Sample, box: Sequence[int], size: tuple[int, int], view: str, *,
+             maps: Sequence[str] = ("depth", "semseg"), map_scale: float = 0.25) -> dict[str, Tensor]:
+    """The same box of each dense map present in `sample`: `depth.{view}` and `semseg.{view}`."""
+    return {f"{name}.{view}": _crop_map(name, sample[name], box, size, map_scale) for name in maps if name in sample}
+
+
 def crop_images(*, crops: Sequence[Crop], key: str = "image", maps: Sequence[str] = ("depth", "semseg"),
                 map_scale: float = 0.25) -> Callable[[Iterable[Sample]], Iterator[Sample]]:
     """Worker stage: cuts each view's crop box (uint8, rounded) so that images of any size batch.
 
-    Writes `{key}.{view}` (3, h, w) uint8 per crop and `{key}_size` (H, W) of the original; maps present in the sample get the same box: `depth.{view}`
-    (float32, bilinear) and `semseg.{view}` (uint8 ids, nearest, at `map_scale` of the size, MultiMAE's stride 4).
-    The device `Augment` of the same view then skips its own crop and draws the same remaining parameters.
+    Writes `{key}.{view}` (3, h, w) uint8 per crop and `{key}_size` (H, W) of the original; maps present in the
+    sample get the same box: `depth.{view}` (float32, bilinear) and `semseg.{view}` (uint8 ids, nearest, at
+    `map_scale` of the size, MultiMAE's stride 4). The device `Augment` of the same view then skips its own crop
+    and draws the same remaining parameters.
     """
     def crop(sample: Sample) -> Sample:
         image = sample[key]  # (3, H, W) uint8
@@ -116,10 +139,8 @@ def crop_images(*, crops: Sequence[Crop], key: str = "image", maps: Sequence[str
             rng = sample_rng(sample.get("__seed__", 0), sample.get("__epoch__", 0), sample["__key__"], c.view)
             box = c.box(rng, image.shape[-2], image.shape[-1])
             size = _pair(c.size)
-            out[f"{key}.{c.view}"] = resized_crop_uint8(image, box, size).contiguous()
-            for name in maps:
-                if name in sample:
-                    out[f"{name}.{c.view}"] = _crop_map(name, sample[name], box, size, map_scale)
+            out[f"{key}.{c.view}"] = cut_image(image, box, size)
+            out.update(cut_maps(sample, box, size, c.view, maps=maps, map_scale=map_scale))
         return out
 
     return guarded(crop, what="crop_images")
@@ -156,10 +177,7 @@ def crop_clips(*, crop: Crop | None = None, view: "Augment | None" = None,
             rng = sample_rng(sample.get("__seed__", 0), sample.get("__epoch__", 0), f"{sample['__key__']}/{j}",
                              crop.view)
             params = view.draw(rng, h, w) if view is not None else {"box": crop.box(rng, h, w), "flip": False}
-            frames = clips[j].permute(0, 3, 1, 2)  # (T, H, W, 3) -> (T, 3, H, W), a view with channels last
-            # (T, 3, h, w) channels-last memory -> (T, h, w, 3), a view; flip (a copy) or contiguous makes it dense
-            small = resized_crop_uint8(frames, params["box"], size).permute(0, 2, 3, 1)
-            rows.append(small.flip(2) if params["flip"] else small.contiguous())
+            rows.append(cut_clip(clips[j], params["box"], size, bool(params["flip"])))
             flips.append(bool(params["flip"]))
         out[f"{key}.{crop.view}"], out[f"{key}_size"] = torch.stack(rows), torch.tensor([h, w])
         if view is not None:

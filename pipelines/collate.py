@@ -1,15 +1,31 @@
-"""Forming a batch from samples: skip markers are taken out and reported, the rest stacked."""
+"""Forming a batch from samples: skip markers are taken out and reported, the rest stacked.
+
+In a DataLoader worker the stacked tensors are made in shared memory (`transfer_empty`): the worker hands a
+tensor to the training process by moving its storage to shared memory, which for an ordinary tensor is one more
+copy of the whole batch (and on a VM page faults dominate such copies).
+"""
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import numpy as np
 import torch
+from torch.utils.data import get_worker_info
 
 from pipelines.sample import SKIP, Sample
 
-__all__ = ["collate"]
+__all__ = ["collate", "transfer_empty"]
+
+
+def transfer_empty(shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised CPU tensor that a DataLoader worker can hand over without a copy: in shared memory when
+    called in a worker, ordinary memory elsewhere."""
+    if get_worker_info() is None:
+        return torch.empty(tuple(shape), dtype=dtype)
+    storage = torch.UntypedStorage._new_shared(math.prod(shape) * dtype.itemsize)
+    return torch.empty(0, dtype=dtype).set_(storage).view(tuple(shape))
 
 
 def _stack(key: str, values: list[Any]) -> Any:
@@ -21,7 +37,7 @@ def _stack(key: str, values: list[Any]) -> Any:
         shapes = {tuple(v.shape) for v in values}
         if len(shapes) > 1:
             raise ValueError(f"cannot batch {key!r}: samples have shapes {sorted(shapes)}; add a crop/resize stage")
-        return torch.stack(values)
+        return torch.stack(values, out=transfer_empty((len(values), *first.shape), first.dtype))
     if isinstance(first, bool):
         return torch.tensor(values, dtype=torch.bool)
     if isinstance(first, int):

@@ -17,6 +17,7 @@ randomness, e.g. jigsaw puzzles, through `pipelines.rng`) (and `waveform` for ra
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import Any, Callable, Mapping, Sequence
 
@@ -27,6 +28,7 @@ from mmssl.modalities import Modality, get_modality
 from mmssl.tokens import Tokens
 from pipelines import colour
 from pipelines.augment import Augment, resized_crop, resized_crop_uint8
+from pipelines.collate import transfer_empty
 from pipelines.draws import PREFIX, VIEW_FIELDS, draw_batch, has_draws, planner, row_ids
 from pipelines.fbank import Fbank
 from pipelines.images import decode_jpeg_batch
@@ -58,20 +60,33 @@ def _to(x: Tensor, device: torch.device) -> Tensor:
     return x.to(device, non_blocking=True)
 
 
+def _handover(shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> Tensor | None:
+    """Where a CPU stage in a loader worker writes its output: shared memory, handed over without a copy."""
+    return transfer_empty(shape, dtype) if device.type == "cpu" else None
+
+
+def _patched_shape(spec: Modality, x: Tensor) -> tuple[int, int, int]:
+    """(B, N, P) of `spec.tokenize(x)`."""
+    axes = x.shape[-len(spec.patch):]
+    channels = 1 if x.dim() == len(spec.patch) + 1 else x.shape[1]
+    return (x.shape[0], math.prod(a // p for a, p in zip(axes, spec.patch)), math.prod(spec.patch) * channels)
+
+
 def _crops(images: Tensor | Sequence[Tensor], boxes: Tensor, size: tuple[int, int]) -> Tensor:
     """Each sample's box (top, left, h, w) of `images` ((B, [T,] 3, H, W) or a list of (3, H_i, W_i)) resized to
-    `size`, antialiased bilinear, float on the 0..255 scale.
+    `size`, antialiased bilinear; uint8 stays uint8 (rounded), float stays float.
 
     On a GPU: one batched crop of the (padded) batch (`pipelines.resample`). On a CPU, where this runs in the
     loader's workers, torch's uint8 resampling per sample is an order of magnitude cheaper than those dense
     products; the two agree to within a grey level.
     """
+    dtype = images[0].dtype
     if images[0].is_cuda:
         padded = images if isinstance(images, Tensor) else stack_padded(list(images))[0]  # (B, 3, Hmax, Wmax)
-        return resized_crops(padded, boxes, size)
-    rows = [resized_crop_uint8(img, box, size) if img.dtype == torch.uint8 else resized_crop(img, box, size)
+        return resized_crops(padded, boxes, size, out_dtype=dtype if dtype == torch.uint8 else torch.float32)
+    rows = [resized_crop_uint8(img, box, size) if dtype == torch.uint8 else resized_crop(img, box, size)
             for img, box in zip(images, boxes.tolist())]
-    return torch.stack(rows).float()
+    return torch.stack(rows)
 
 
 class DeviceStage:
@@ -116,9 +131,10 @@ class DeviceStage:
             self.mask = mask
         return self
 
-    def planner(self):
-        """The loader stage that draws each sample's randomness in the workers (`pipelines.draws`)."""
-        return planner(self)
+    def planner(self, *, cut: bool = False):
+        """The loader stage that draws each sample's randomness in the workers (`pipelines.draws`); with `cut`
+        (when this stage runs on a CPU, in the workers) it also cuts each view's crop there, per sample."""
+        return planner(self, cut=cut)
 
     def __call__(self, batch: dict[str, Any], device: torch.device | str = "cpu") -> dict[str, Any]:
         device = torch.device(device)
@@ -198,8 +214,8 @@ class DeviceStage:
             flipped = f"video.{aug.view}.flipped" in batch  # the worker drew and applied the flips
             return self._pixels(aug, x, draws, owned=x.data_ptr() != cut.data_ptr(), flipped=flipped)
         frames = self._frames(batch, device).permute(0, 1, 4, 2, 3)  # (B*k, T, H, W, 3) -> (B*k, T, 3, H, W)
-        x = _crops(frames, draws["box"], aug.size)  # (B*k, T, 3, h, w) float 0..255
-        return self._pixels(aug, x.div_(255.0), draws, owned=True)
+        x = _crops(frames, draws["box"], aug.size)  # (B*k, T, 3, h, w) uint8
+        return self._pixels(aug, x, draws, owned=True)
 
     def _pixels(self, aug: Augment, x: Tensor, draws: dict[str, Tensor], *, owned: bool,
                 flipped: bool = False) -> Tensor:
@@ -260,7 +276,8 @@ class DeviceStage:
                                     for m, box in zip(batch[name], boxes)])
             else:
                 continue
-            maps = colour.flip(maps, draws["flip"])  # the RGB view's flip, so maps stay registered
+            if f"image.{aug.view}.flipped" not in batch:  # else the worker flipped them with the image
+                maps = colour.flip(maps, draws["flip"])  # the RGB view's flip, so maps stay registered
             if name == "semseg":
                 out[name] = self._tokens(spec, maps.long(), None)
             else:
@@ -278,7 +295,8 @@ class DeviceStage:
         precut = batch.get(f"image.{aug.view}")
         if precut is not None:
             x = _to(precut, device)
-            return self._pixels(aug, x, draws, owned=x.data_ptr() != precut.data_ptr())
+            flipped = f"image.{aug.view}.flipped" in batch  # the worker drew and applied the flips
+            return self._pixels(aug, x, draws, owned=x.data_ptr() != precut.data_ptr(), flipped=flipped)
         if "image" in batch:
             images = batch["image"]
             images = [_to(img, device) for img in images] if isinstance(images, list) else _to(images, device)
@@ -286,8 +304,8 @@ class DeviceStage:
             images = decode_jpeg_batch(batch["image_bytes"], device)  # one batched nvjpeg decode on CUDA
         else:
             raise KeyError(f"image batch has no `image.{aug.view}`, `image` or `image_bytes`: {sorted(batch)}")
-        x = _crops(images, draws["box"], aug.size)  # (B, 3, h, w) float 0..255
-        return self._pixels(aug, x.div_(255.0), draws, owned=True)
+        x = _crops(images, draws["box"], aug.size)  # (B, 3, h, w), uint8 for decoded images
+        return self._pixels(aug, x if x.dtype == torch.uint8 else x.div_(255.0), draws, owned=True)
 
     def _tokens(self, spec: Modality, x: Tensor, visible: Tensor | None, normalize: bool = True) -> Tokens:
         """Normalised (unless `normalize` is False) and patchified x (B, C, *axes), with the drawn visible tokens.
@@ -297,10 +315,12 @@ class DeviceStage:
         """
         if x.dtype == torch.uint8 and normalize and not spec.categorical and spec.mean is not None:
             tokens = spec.tokenize(x)
-            tokens = replace(tokens, patches=spec.normalize_patches(tokens.patches))
+            out = _handover(tokens.patches.shape, torch.float32, x.device)
+            tokens = replace(tokens, patches=spec.normalize_patches(tokens.patches, out=out))
         else:
             x = x.float() / 255.0 if x.dtype == torch.uint8 and not spec.categorical else x
-            tokens = spec.tokenize(spec.normalize(x) if normalize else x)
+            x = spec.normalize(x) if normalize else x
+            tokens = spec.tokenize(x, out=_handover(_patched_shape(spec, x), x.dtype, x.device))
         if self.pin_dtype is not None:
             tokens = tokens.to(dtype=self.pin_dtype)
         return tokens if visible is None else replace(tokens, visible=visible)

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from mmssl.tokens import visible_from_mask
+from pipelines.augment import cut_clip, cut_image, cut_maps
 from pipelines.images import encoded_size
 from pipelines.rng import sample_generator
 from pipelines.sample import Sample, guarded
@@ -111,16 +112,30 @@ def _grid(extent, patch) -> tuple[int, ...]:
     return tuple(int(e) // int(p) for e, p in zip(extent, patch))
 
 
-def draw_sample(stage: "DeviceStage", sample: Sample) -> Sample:
-    """The sample with its `draw.*` entries (see the module docstring)."""
+def draw_sample(stage: "DeviceStage", sample: Sample, *, cut: bool = False) -> Sample:
+    """The sample with its `draw.*` entries (see the module docstring).
+
+    With `cut` (the device stage runs on a CPU, in this worker) each view's crop is also cut here, with its flip
+    folded into the copy, as `crop_images` / `crop_clips(view=...)` would: only the small crops are then
+    collated, never the whole frames, and samples of different sizes batch.
+    """
     video = stage.mode in ("video", "frames")
     rows, frames = _clips(stage, sample) if video else (1, 1)
     ids = row_ids(int(sample.get("__seed__", 0)), int(sample.get("__epoch__", 0)), str(sample["__key__"]), rows)
+    if cut and not video and sample.get("image") is None and sample.get("image_bytes") is not None:
+        sample = _decoded(sample)  # bytes meant for nvjpeg, on a CPU: decoded here
     size = _source_size(stage, sample) if stage.views or (video and stage.mask is not None) else None
     out = dict(sample)
+    cuts = []
     for aug in stage.views:
-        for name, value in aug.draws(ids, [size] * rows).items():
+        draws = aug.draws(ids, [size] * rows)
+        for name, value in draws.items():
             out[f"{PREFIX}{aug.view}.{name}"] = value  # (rows, ...)
+        if cut:
+            cuts.append(_cut(stage, aug, sample, out, draws, size))
+    if cuts and all(cuts):
+        for key in ("video", "image", "depth", "semseg", "image_bytes"):
+            out.pop(key, None)  # cut into every view: the whole frames need not travel
     if stage.mask is not None:
         for target, grid in _mask_targets(stage, sample, size, frames):
             count = stage.mask.visible_count(grid) if hasattr(stage.mask, "visible_count") else None
@@ -129,9 +144,41 @@ def draw_sample(stage: "DeviceStage", sample: Sample) -> Sample:
     return out
 
 
-def planner(stage: "DeviceStage"):
-    """The worker stage that draws every sample's randomness for `stage` (a bad sample becomes a skip)."""
-    return guarded(lambda sample: draw_sample(stage, sample), what="device_draws")
+def _decoded(sample: Sample) -> Sample:
+    from torchvision.io import ImageReadMode, decode_image
+
+    data = torch.frombuffer(bytearray(sample["image_bytes"]), dtype=torch.uint8)
+    return {**sample, "image": decode_image(data, mode=ImageReadMode.RGB)}  # (3, H, W) uint8
+
+
+def _cut(stage: "DeviceStage", aug: Any, sample: Mapping[str, Any], out: dict[str, Any], draws: dict[str, Tensor],
+         size: tuple[int, int]) -> bool:
+    """Writes the view's crops (flipped as drawn) unless a worker stage cut them already; False when there are no
+    decoded pixels to cut (an NVDEC plan: the device stage decodes and cuts those)."""
+    boxes, flips = draws["box"].tolist(), draws["flip"].tolist()
+    if stage.mode in ("video", "frames"):
+        if f"video.{aug.view}" in sample:
+            return True
+        if sample.get("video") is None:
+            return False
+        clips = sample["video"]  # (k, T, H, W, 3) uint8
+        out[f"video.{aug.view}"] = torch.stack([cut_clip(c, b, aug.size, f) for c, b, f in zip(clips, boxes, flips)])
+        out[f"video.{aug.view}.flipped"], out["video_size"] = draws["flip"], torch.tensor(size)
+        return True
+    if f"image.{aug.view}" in sample:
+        return True
+    out[f"image.{aug.view}"] = cut_image(sample["image"], boxes[0], aug.size, flips[0])  # (3, h, w)
+    out[f"image.{aug.view}.flipped"], out["image_size"] = draws["flip"][0], torch.tensor(size)
+    if stage.mode == "multimodal":
+        for name, value in cut_maps(sample, boxes[0], aug.size, aug.view).items():
+            out[name] = value.flip(-1) if flips[0] else value  # registered with the flipped image
+    return True
+
+
+def planner(stage: "DeviceStage", *, cut: bool = False):
+    """The worker stage that draws every sample's randomness for `stage` (and with `cut` cuts its crops); a bad
+    sample becomes a skip."""
+    return guarded(lambda sample: draw_sample(stage, sample, cut=cut), what="device_draws")
 
 
 def expected(stage: "DeviceStage") -> list[str]:

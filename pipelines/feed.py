@@ -45,7 +45,8 @@ class Feed:
         if self.in_workers and self.device.type != "cpu":
             raise ValueError("the device stage can only run in the loader's workers for a CPU device")
         if stage is not None and hasattr(stage, "planner") and hasattr(loader, "stages"):
-            loader.stages = [*loader.stages, stage.planner()]
+            # in the workers the planner also cuts the crops per sample: only they are collated
+            loader.stages = [*loader.stages, stage.planner(cut=self.in_workers)]
         if stage is not None and self.in_workers:
             loader.batch_stage = partial(stage, device=self.device)
         if self.device.type == "cuda" and hasattr(loader, "pin_memory"):

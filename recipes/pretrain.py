@@ -148,9 +148,9 @@ def build_run(cfg: dict[str, Any], *, data: bool = True, batch_size: int | None 
 
     run = Run(cfg=cfg, name=name, optim=optim, train=train, device=device, rank=rank, world=world, method=method,
               step=step, loader=loader, device_stage=device_stage, total=total)
+    if device_stage is not None and hasattr(device_stage, "with_mask"):
+        device_stage.with_mask(getattr(method, "masking", None))  # the method's masks, drawn in the workers
     if loader is not None:
-        if device_stage is not None and hasattr(device_stage, "with_mask"):
-            device_stage.with_mask(getattr(method, "masking", None))  # the method's masks, drawn in the workers
         run.feed = Feed(loader, device_stage, device, prefetch=train.prefetch)
     return run
 

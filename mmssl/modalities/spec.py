@@ -82,18 +82,20 @@ class Modality:
         mean, std = self._stats(x)
         return (x - mean) / std
 
-    def normalize_patches(self, patches: Tensor) -> Tensor:
+    def normalize_patches(self, patches: Tensor, *, out: Tensor | None = None) -> Tensor:
         """Float patches from uint8 (0..255) ones (B, N, prod(patch) * C), as `normalize` of x / 255 would give.
 
         Patches are channel-last, so the per-channel scale and shift are tiled over one patch vector and the whole
-        conversion is one cast and two in-place passes, fused into a single multiply-add per value.
+        conversion is one cast and two in-place passes (a multiply-add per value). `out`: a float32 tensor of the
+        patches' shape to write into (e.g. shared memory a loader worker hands over).
         """
         if self.categorical or self.mean is None:
             raise ValueError(f"modality {self.name!r} has no dataset statistics to normalise uint8 patches with")
         std, mean = _filled(self.std, patches, torch.float32), _filled(self.mean, patches, torch.float32)
         reps = patches.shape[-1] // self.channels
         scale, shift = (1 / (255 * std)).repeat(reps), (-mean / std).repeat(reps)  # (P,): channel fastest
-        return patches.float().mul_(scale).add_(shift)
+        values = patches.float() if out is None else out.copy_(patches)
+        return values.mul_(scale).add_(shift)
 
     def denormalize(self, x: Tensor) -> Tensor:
         """Undoes dataset-statistics normalisation (for figures); other modalities are returned unchanged."""
@@ -102,11 +104,12 @@ class Modality:
         mean, std = self._stats(x)
         return x * std + mean
 
-    def tokenize(self, x: Tensor) -> Tokens:
-        """Patchifies a dense batch (B, C, *axes) (or (B, *axes) class ids) into `Tokens` of this modality."""
+    def tokenize(self, x: Tensor, *, out: Tensor | None = None) -> Tokens:
+        """Patchifies a dense batch (B, C, *axes) (or (B, *axes) class ids) into `Tokens` of this modality
+        (written into `out` (B, N, P) when given)."""
         if self.categorical and x.dim() == len(self.patch) + 1:
             x = x.unsqueeze(1)  # (B, 1, *axes): class ids as one channel
         if x.shape[1] != self.channels:
             raise ValueError(f"modality {self.name!r} expects {self.channels} channels, got shape {tuple(x.shape)}")
-        patches, grid = patchify(x, self.patch)
+        patches, grid = patchify(x, self.patch, out=out)
         return Tokens(patches=patches, grid=grid, patch=self.patch, modality=self.name)

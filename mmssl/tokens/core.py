@@ -149,13 +149,14 @@ def scatter_tokens(x: Tensor, index: Tensor, num_tokens: int, fill: Tensor | flo
     return out.scatter(1, index.unsqueeze(-1).expand(-1, -1, d), x)
 
 
-def patchify(x: Tensor, patch: int | Sequence[int]) -> tuple[Tensor, tuple[int, ...]]:
+def patchify(x: Tensor, patch: int | Sequence[int], *, out: Tensor | None = None) -> tuple[Tensor, tuple[int, ...]]:
     """Cuts a dense tensor into flattened patches.
 
     Args:
         x: (B, C, *S) with one or more patched axes S, e.g. (B, 3, 224, 224) or (B, 3, 16, 224, 224).
             A (B, *S) tensor of class ids (a semantic map) is treated as one channel.
         patch: extent per patched axis, or one int for all.
+        out: where to write the patches (B, N, P) (e.g. shared memory a loader worker hands over); of x's dtype.
 
     Returns:
         patches (B, N, prod(patch) * C) in row-major grid order, channel last; and the grid.
@@ -173,8 +174,11 @@ def patchify(x: Tensor, patch: int | Sequence[int]) -> tuple[Tensor, tuple[int, 
     split = x.reshape(b, c, *[d for gp in zip(grid, patch) for d in gp])
     # -> (B, g1, g2, ..., p1, p2, ..., C): grid axes first, channel last, as MAE's einsum 'nchpwq->nhwpqc'
     order = [0] + [2 + 2 * i for i in range(n)] + [3 + 2 * i for i in range(n)] + [1]
-    out = split.permute(*order).reshape(b, math.prod(grid), math.prod(patch) * c)  # (B, N, P)
-    return out, grid
+    moved = split.permute(*order)  # (B, g1, g2, ..., p1, p2, ..., C), a view
+    if out is not None:
+        out.view(moved.shape).copy_(moved)  # the one copy, into the caller's memory
+        return out, grid
+    return moved.reshape(b, math.prod(grid), math.prod(patch) * c), grid  # (B, N, P)
 
 
 def unpatchify(patches: Tensor, grid: Sequence[int], patch: Sequence[int]) -> Tensor:

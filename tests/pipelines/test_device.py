@@ -198,3 +198,29 @@ def test_device_stage_tokenises_with_a_modality_variant(jpegs):
     device = DeviceStage(mode="image", views=[VIEW], modalities=[{"name": "image", "patch": [8, 8], "size": [32, 32]}])
     tokens = device(through([decode_images(), crop_images(crops=[VIEW.crop])], samples), "cpu")["image"]
     assert tokens.patch == (8, 8) and tokens.grid == (4, 4) and tokens.patches.shape == (4, 16, 8 * 8 * 3)
+
+
+@pytest.mark.parametrize("mode", ["image", "video", "frames"])
+def test_crops_cut_by_the_planner_in_workers_match_the_device_crops(jpegs, videos, mode):
+    """On a CPU the feed runs the device stage in the workers, and its planner cuts each view's crop per sample
+    (flips folded in): the batch must equal the one the device stage makes from whole frames."""
+    if mode == "image":
+        samples = [{**loader_fields(i), "jpg": d} for i, d in enumerate(jpegs)]
+        decode = [decode_images()]
+        views = [VIEW, Augment(crop=Crop(size=16, view="small"), flip=0.5)]
+        stage = DeviceStage(mode="image", views=views, mask=RandomMask(0.5))
+    else:
+        samples = [{**loader_fields(i), "mp4": d} for i, d in enumerate(videos)]
+        decode = [decode_clips(num_frames=4, stride=3, clips=2, backend="pyav")]
+        stage = DeviceStage(mode=mode, views=[Augment(crop=Crop(size=32, scale=(0.3, 1.0)), flip=0.5)],
+                            mask=TubeMask(0.5) if mode == "video" else RandomMask(0.5))
+    # images of different sizes do not batch: the whole-image reference decodes the bytes in the device stage
+    whole = stage(through([decode_images(on="device")] if mode == "image" else decode, samples), "cpu")
+    batch = through(decode + [stage.planner(cut=True)], samples)
+    assert "video" not in batch and "image" not in batch  # only the crops were collated
+    cut = stage(batch, "cpu")
+    tokens = {"image": lambda o: o["views"], "video": lambda o: [o["video"]], "frames": lambda o: o["frames"]}[mode]
+    for a, b in zip(tokens(whole), tokens(cut)):
+        assert a.patches.shape == b.patches.shape
+        assert (a.patches - b.patches).abs().max() < 0.02  # the worker's uint8 rounding, normalised
+        assert (a.visible is None and b.visible is None) or torch.equal(a.visible, b.visible)

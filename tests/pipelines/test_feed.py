@@ -44,7 +44,7 @@ def test_each_loader_worker_runs_one_torch_thread(shards):
 class Doubler:
     """A device stage: doubles `num` and says which process ran it; draws a per-sample value in the planner."""
 
-    def planner(self):
+    def planner(self, *, cut: bool = False):
         return guarded(lambda s: {**s, "drawn": s["num"] % 3})
 
     def __call__(self, batch, device):
