@@ -69,7 +69,8 @@ def quickstart(out: str | Path = "quickstart", *, data: str | Path | None = None
                                             f"data.train.num_workers={workers}", *overrides])
     cfg.pop("_name")
     run = pretrain(cfg)
-    print(f"trained {run['steps']} steps: loss {run['first_loss']:.4f} -> {run['last_loss']:.4f}")
+    print(f"trained {run['steps']} steps: loss {run['first_loss']:.4f} -> {run['last_loss']:.4f}; "
+          f"{run['data_wait']:.0%} of the training time waiting for data")
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     settings = apply_settings(preset("crw", "davis"), list(EVAL_SETTINGS))
@@ -92,4 +93,5 @@ def quickstart(out: str | Path = "quickstart", *, data: str | Path | None = None
     print(f"figures      {run_dir / 'figures'}, loss curve {run_dir / 'loss.png'}")
     print(f"propagation  {run_dir / 'propagation'} (palette PNGs, CSVs, overlays/)")
     print(f"total time   {time.perf_counter() - start:.0f} s")
-    return {"scores": dict(scores), "run_dir": str(run_dir), "checkpoint": run["checkpoint"]}
+    return {"scores": dict(scores), "run_dir": str(run_dir), "checkpoint": run["checkpoint"],
+            "data_wait": run["data_wait"]}

@@ -75,4 +75,4 @@ class BYOL(nn.Module):
             t1, t2 = (self.target_projector(h) for h in encode_views(self.target_encoder, [view1, view2]))
         loss = normalized_mse(p1, t2) + normalized_mse(p2, t1)
         return Output(loss=loss, logs={"loss": loss.detach(), "embedding_std": embedding_std(z1),
-                                       "momentum": torch.tensor(self.momentum)})
+                                       "momentum": self.momentum})  # a host value: logged as it is

@@ -97,7 +97,8 @@ class CPCImage(nn.Module):
         flip = torch.rand(n, device=out.device) < self.flip
         out = torch.where(flip[:, None, None, None], out.flip(-1), out)
         drop = torch.rand(n, device=out.device) < self.color_drop
-        keep = F.one_hot(torch.randint(c, (n,), device=out.device), c).bool()  # (P, C) the channel kept
+        kept = torch.randint(c, (n,), device=out.device)  # (P,) the channel kept (a comparison, not one_hot: no host read)
+        keep = kept[:, None] == torch.arange(c, device=out.device)[None, :]  # (P, C)
         keep = keep | ~drop[:, None]
         return out * keep[:, :, None, None]  # zero = the channel mean in normalised space
 

@@ -82,4 +82,4 @@ class MoCoV3(nn.Module):
             k1, k2 = (self.momentum_projector(h) for h in encode_views(self.momentum_encoder, [view1, view2]))
         loss = self.contrast(q1, k2) + self.contrast(q2, k1)
         return Output(loss=loss, logs={"loss": loss.detach(), "embedding_std": embedding_std(q1),
-                                       "momentum": torch.tensor(self.momentum)})
+                                       "momentum": self.momentum})  # a host value: logged as it is

@@ -15,8 +15,9 @@ class Output:
 
     Attributes:
         loss: the scalar to minimise.
-        logs: named scalars to log (kept as tensors so the step needs no host sync; the recipe reads them).
+        logs: named scalars to log: tensors (read by the recipe at log time, so the step needs no host sync) or
+            plain numbers the method already holds on the host.
     """
 
     loss: Tensor
-    logs: dict[str, Tensor] = field(default_factory=dict)
+    logs: dict[str, Tensor | float] = field(default_factory=dict)

@@ -55,7 +55,8 @@ class TrainStep:
         optimizer: its optimiser; a fused AdamW (`build_adamw`) skips non-finite steps without a host sync.
         model: what runs the forward: the method wrapped for DDP/FSDP, or the method itself (default).
         precision: autocast dtype (torch.bfloat16, torch.float16) or None for fp32; fp16 adds a GradScaler.
-        compile: `torch.compile` the forward (encoder, decoder and loss in one graph where they allow it).
+        compile: `torch.compile` the forward (encoder, decoder and loss in one graph where they allow it), from
+            the second step on.
         clip_grad: gradient-norm clipping threshold; None for none.
         lr: learning rate as a function of progress in [0, 1]; None leaves the optimiser's.
         weight_decay: weight decay as a function of progress; None leaves the optimiser's.
@@ -70,7 +71,10 @@ class TrainStep:
         self.precision, self.clip_grad = precision, clip_grad
         self.lr, self.weight_decay = lr, weight_decay
         self.compiled = compile
-        self.forward = torch.compile(self.model) if compile else self.model
+        # the first step runs eager: it fills what the modules build lazily on first use (position tables for a
+        # grid, cached per shape), which, filled inside a compiled graph, would make the next step recompile
+        self.forward = self.model
+        self._compiled = torch.compile(self.model) if compile else None
         self.device = next(method.parameters()).device
         self.scaler = torch.amp.GradScaler(self.device.type) if precision == torch.float16 else None
         # the fused kernel reads `found_inf` and skips the update on the device; other optimisers cannot
@@ -106,6 +110,8 @@ class TrainStep:
             loss = out.loss / len(batches)
             (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
             losses.append(out.loss.detach().float())
+        if self._compiled is not None:
+            self.forward, self._compiled = self._compiled, None
         loss = losses[0] if len(losses) == 1 else torch.stack(losses).mean()
         finite = torch.isfinite(loss)
         self._apply(finite)

@@ -1,94 +1,54 @@
-"""benchmarks/pipeline_gpu.py and its feed (gpu_feed.py) on the CPU: the prefetch thread, the feeds chosen,
-repeated shards, the NVDEC subclass's CPU path, the whole script on tiny configs; and gpu_all.sh's commands."""
+"""benchmarks/pipeline_gpu.py on the CPU: its feeds are the shipped configs with overrides, its boxes are seconds,
+the step it times is the recipe's TrainStep fed by the recipe's Feed; gpu_all.sh and gpu_pack.sh: valid bash, the
+options they pass, the limits that fit 8 minutes, and (slow) the whole tiny run on the CPU."""
 
 from __future__ import annotations
 
 import math
+import os
 import re
 import shlex
 import subprocess
 import sys
-import threading
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from benchmarks import pipeline_gpu, train_step
-from benchmarks.gpu_feed import DevicePrefetcher, StreamedNvdec, tensors_of
-from benchmarks.pipeline_gpu import feeds, media_shards, repeated
-from benchmarks.steps import SPECS
-from mmssl.tokens import Tokens
-from pipelines.nvdec import NvdecDecoder
+from benchmarks import pipeline_gpu, steps, train_step
+from benchmarks.pipeline_gpu import FEEDS, feed_overrides, media_shards, repeated, timed_feed, timed_steps
+from benchmarks.steps import run_config
+from mmssl.train.step import TrainStep
 
 CPU = torch.device("cpu")
 ROOT = Path(__file__).resolve().parents[2]
+TINY_BOXES = ["--seconds", "0.3", "--feed-seconds", "0.2", "--warmup", "0.1"]
 
 
-def stage(batch: dict, device: torch.device) -> dict:
-    x = batch["x"].to(device) * 2
-    return {"tokens": Tokens(x.reshape(1, 4, 3), (2, 2), (1, 1), "image", visible=torch.tensor([[0, 2]])),
-            "n": batch["n"]}
+def test_feeds_are_the_shipped_configs_with_overrides():
+    shipped = {m: run_config(m, tiny=True) for m in FEEDS}
+    for model, feeds in FEEDS.items():
+        for feed in feeds:
+            cfg = run_config(model, tiny=True, overrides=feed_overrides(model, feed, source=["a.tar", "b.tar"],
+                                                                          videos=3, workers=5, decoders=None))
+            train, base = cfg["data"]["train"], shipped[model]["data"]["train"]
+            assert train["source"] == ["a.tar", "b.tar"] and train["batch_size"] == 3 and train["num_workers"] == 5
+            assert cfg["data"]["device"] == shipped[model]["data"]["device"]
+            assert cfg["method"] == shipped[model]["method"]
+            if feed in ("cpu-decode", "decord"):
+                assert train["stages"] == base["stages"]  # what a user runs, as shipped
+    nvjpeg = run_config("mae", overrides=FEEDS["mae"]["nvjpeg"][0])["data"]["train"]["stages"]
+    assert nvjpeg == [{"_component_": "pipelines.images.decode_images", "on": "device"}]  # "on", not YAML's True
+    nvdec = run_config("videomae", overrides=feed_overrides("videomae", "nvdec", source=["a"], videos=1, workers=1,
+                                                            decoders=3))["data"]
+    assert nvdec["train"]["stages"][0]["backend"] == "nvdec" and nvdec["device"]["nvdec"]["decoders"] == 3
 
 
-def test_prefetcher_yields_the_stage_output_in_order():
-    source = [{"x": torch.full((12,), float(i)), "n": i} for i in range(5)]
-    made = DevicePrefetcher(source, stage, CPU, depth=2)
-    out = list(made)
-    assert [o["n"] for o in out] == list(range(5))
-    assert all(torch.equal(o["tokens"].patches, stage(s, CPU)["tokens"].patches) for o, s in zip(out, source))
-    assert made.produced_s >= 0 and made.waited_s >= 0
-    made.close()
-
-
-def test_tensors_of_finds_the_tensors_inside_tokens():
-    out = stage({"x": torch.zeros(12), "n": 0}, CPU)
-    found = list(tensors_of({"a": [out["tokens"], (torch.ones(1),)], "b": "text"}))
-    assert len(found) == 3 and found[0] is out["tokens"].patches and found[1] is out["tokens"].visible
-
-
-def test_prefetcher_raises_the_stage_error_in_the_consumer():
-    def broken(batch, device):
-        raise ValueError(f"bad batch {batch['n']}")
-
-    with pytest.raises(ValueError, match="bad batch 0"):
-        next(iter(DevicePrefetcher([{"n": 0}], broken, CPU)))
-
-
-def test_closing_the_prefetcher_stops_its_thread_and_source():
-    closed = threading.Event()
-
-    def endless():
-        try:
-            i = 0
-            while True:
-                yield {"x": torch.zeros(12), "n": i}
-                i += 1
-        finally:
-            closed.set()
-
-    made = DevicePrefetcher(endless(), stage, CPU, depth=2)
-    assert [next(made)["n"] for _ in range(3)] == [0, 1, 2]
-    made.close()
-    assert not made.thread.is_alive() and closed.is_set()
-
-
-def test_feeds_follow_the_options():
-    names = lambda key, **kw: list(feeds(SPECS[key], key=key, device=CPU, repeats=2, decoders=2, **kw))  # noqa: E731
-    assert names("mae-tiny", nvdec=False, jpeg="both") == ["nvjpeg", "cpu-decode"]
-    assert names("mae-tiny", nvdec=True, jpeg="worker") == ["cpu-decode"]
-    assert names("videomae-tiny", nvdec=True, jpeg="both") == ["nvdec", "decord"]
-    assert names("videomae-tiny", nvdec=False, jpeg="both", decord=False) == []
-    stages, device_stage, _ = feeds(SPECS["videomae-tiny"], key="videomae-tiny", device=CPU, repeats=2, decoders=3,
-                                    nvdec=True, jpeg="both")["nvdec"]
-    assert isinstance(device_stage.nvdec, StreamedNvdec) and device_stage.nvdec.decoders == 3
-    assert device_stage.mask is not None  # masks come with the batch: the step draws none (no host sync there)
-
-
-def test_shards_are_made_once_and_repeated_to_cover_the_steps(tmp_path):
-    index = media_shards(tmp_path, "mae-tiny", distinct=3)
+def test_shards_are_made_once_and_repeated_to_cover_the_box(tmp_path):
+    index = media_shards(tmp_path, "mae", tiny=True, distinct=3)
     stamp = index.stat().st_mtime_ns
-    assert media_shards(tmp_path, "mae-tiny", distinct=3) == index and index.stat().st_mtime_ns == stamp
+    assert media_shards(tmp_path, "mae", tiny=True, distinct=3) == index and index.stat().st_mtime_ns == stamp
     assert not (tmp_path / "media" / "mae-tiny").exists()  # only the shards are kept (and carried)
     urls = repeated(index, 10)
     assert len(urls) == 4 and len(set(urls)) == 1  # 3 samples per shard read, 4 reads >= 10 samples
@@ -99,59 +59,125 @@ def test_shards_are_made_once_and_repeated_to_cover_the_steps(tmp_path):
     assert len(loader) == 2 and loader.shards.total == 12
 
 
+def test_boxes_are_seconds_not_steps():
+    steps_taken = []
+
+    def step(batch):
+        time.sleep(0.01)
+        steps_taken.append(batch)
+
+    batches = iter(lambda: {"image": type("T", (), {"batch_size": 2})()}, None)
+    m = timed_steps(step, batches, seconds=0.2, warmup=0.05, device=CPU)
+    assert 0.2 <= m.seconds < 0.4 and 5 <= m.steps <= 21 and m.rate == pytest.approx(2 * m.steps / m.seconds)
+    assert len(steps_taken) > m.steps  # the first step and the warm-up are outside the box
+    alone = timed_feed(batches, seconds=0.05, device=CPU)
+    assert alone.seconds >= 0.05 and alone.steps > 10
+
+
 def test_loader_workers_start_once_cuda_is_initialised(tmp_path, monkeypatch):
     """On a GPU the step initialises CUDA before the loader starts its workers; they must still start, with the
     closure stages the factories build (forkserver or spawn would have to pickle them)."""
     from pipelines.images import decode_images
     from pipelines.loader import StreamLoader
 
-    index = media_shards(tmp_path, "mae-tiny", distinct=4)
+    index = media_shards(tmp_path, "mae", tiny=True, distinct=4)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
     batch = next(iter(StreamLoader(str(index), batch_size=2, stages=[decode_images()], num_workers=1)))
     assert batch["image"].shape[:2] == (2, 3)
 
 
-def test_streamed_nvdec_decodes_like_nvdec_on_the_cpu(tmp_path):
-    from benchmarks.pipeline import make_videos
+def test_the_fed_and_synthetic_steps_are_one_recipe_train_step_and_the_feed_is_the_recipes(tmp_path, monkeypatch):
+    built, calls = [], []
+    build_run, call = steps.build_run, TrainStep.__call__
 
-    data = make_videos(tmp_path, 1, 12)[0].read_bytes()
-    plan = torch.tensor([[[0, 3, 6, 9], [1, 2, 3, 4]]])  # (B=1, k=2, T=4)
-    ours = StreamedNvdec(size=(32, 40))([data], plan, [[0]], CPU)
-    base = NvdecDecoder(size=(32, 40))([data], plan, [[0]], CPU)
-    assert ours.shape == (1, 2, 4, 3, 32, 40) and torch.equal(ours, base)
+    def recording_build_run(*args, **kwargs):
+        built.append(build_run(*args, **kwargs))
+        return built[-1]
+
+    def counted(self, batches, *args, **kwargs):
+        calls.append((self, batches[0]))
+        return call(self, batches, *args, **kwargs)
+
+    monkeypatch.setattr(steps, "build_run", recording_build_run)
+    monkeypatch.setattr(TrainStep, "__call__", counted)
+    rows = pipeline_gpu.main(["--tiny", "--device", "cpu", "--model", "mae", "--feeds", "cpu-decode",
+                              "--workers", "0", "--workdir", str(tmp_path), *TINY_BOXES])
+    assert [r["feed"] for r in rows] == ["synthetic", "cpu-decode"]
+    base, fed = built
+    assert base.feed is None and fed.feed is not None and fed.feed.loader.num_workers == 0
+    assert fed.cfg["data"]["train"]["source"][0].startswith(str(tmp_path))  # the made shards
+    assert {id(s) for s, _ in calls} == {id(base.step)}
+    assert any("label" in b for _, b in calls)  # fed batches came through the step (made shards have classes)
+    assert fed.feed.state_dict()["samples_consumed"] > 0
 
 
 @pytest.mark.slow
 def test_main_measures_every_feed_on_tiny_configs(capsys, tmp_path):
-    rows = pipeline_gpu.main(["--tiny", "--device", "cpu", "--no-compile", "--steps", "2", "--warmup", "1",
-                              "--workers", "1", "--workdir", str(tmp_path)])
+    rows = pipeline_gpu.main(["--tiny", "--device", "cpu", "--workers", "1", "--workdir", str(tmp_path),
+                              *TINY_BOXES])
     out = capsys.readouterr().out
     assert [(r["model"], r["feed"]) for r in rows] == [
-        ("mae-tiny", "synthetic"), ("mae-tiny", "nvjpeg"), ("mae-tiny", "cpu-decode"),
-        ("videomae-tiny", "synthetic"), ("videomae-tiny", "nvdec"), ("videomae-tiny", "decord")]
+        ("mae", "synthetic"), ("mae", "nvjpeg"), ("mae", "cpu-decode"),
+        ("videomae", "synthetic"), ("videomae", "nvdec"), ("videomae", "decord")]
     assert all(math.isfinite(r["rate"]) and r["rate"] > 0 for r in rows)
-    assert "of synthetic" in out and "skipped 0" in out and "warning" not in out
+    assert all(math.isfinite(r["alone"]) and r["alone"] > 0 for r in rows if r["feed"] != "synthetic")
+    assert "of synthetic" in out and "skipped 0" in out and "FAILED" not in out and "warning" not in out
 
 
-def gpu_all_commands(script: str) -> list[list[str]]:
-    """The arguments after each `benchmarks/<script>` call in gpu_all.sh (continued lines joined), with stand-ins
-    for shell variables ("2" after --workers, "x" elsewhere)."""
-    text = (ROOT / "benchmarks" / "gpu_all.sh").read_text().replace("\\\n", " ")
-    calls = [shlex.split(c) for c in re.findall(rf"benchmarks/{re.escape(script)}((?: [^\n]*)?)", text)]
-    return [[("2" if i and c[i - 1] == "--workers" else "x") if a.startswith("$") else a for i, a in enumerate(c)]
-            for c in calls]
+def gpu_all_parts(mode: str) -> list[tuple[str, int, list[str]]]:
+    """(name, limit, argv) of each part gpu_all.sh would run in `mode` (its dry run)."""
+    env = {**os.environ, "GPU_ALL_DRY": "1", "OUT": "/tmp/mmssl-gpu-all-dry", "GPU_CARRY": "/nonexistent"}
+    out = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_all.sh"), mode], cwd=ROOT, env=env, check=True,
+                         capture_output=True, text=True).stdout
+    found = re.findall(r"^### DRY (.+?) \(limit (\d+) s\): (.*)$", out, flags=re.M)
+    return [(name, int(limit), shlex.split(cmd)) for name, limit, cmd in found]
 
 
-def test_gpu_all_is_valid_bash_and_calls_the_scripts_with_options_they_take():
+def _script_args(argv: list[str], script: str) -> list[list[str]]:
+    return [argv[argv.index(a) + 1:]] if (a := f"benchmarks/{script}") in argv else []
+
+
+@pytest.mark.parametrize("mode", ["full", "tiny"])
+def test_gpu_all_is_valid_bash_fits_8_minutes_and_calls_the_scripts_with_options_they_take(mode):
     subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / "gpu_all.sh")], check=True)
-    step, feed = gpu_all_commands("train_step.py"), gpu_all_commands("pipeline_gpu.py")
-    assert step and feed and any("--workdir" in args for args in feed)
-    for args in step:
+    parts = gpu_all_parts(mode)
+    calls = {s: [a for _, _, argv in parts for a in _script_args(argv, s)]
+             for s in ("train_step.py", "pipeline_gpu.py", "pipeline.py")}
+    assert all(calls.values()), calls
+    for args in calls["train_step.py"]:
         train_step.parse_args(args)
-    for args in feed:
-        pipeline_gpu.parse_args(args)
-    cpu = gpu_all_commands("pipeline.py")
+    for args in calls["pipeline_gpu.py"]:
+        parsed = pipeline_gpu.parse_args(args)
+        assert parsed.workdir and parsed.tiny == (mode == "tiny")
     helped = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "pipeline.py"), "--help"], check=True,
                             capture_output=True, text=True).stdout
-    assert cpu and all(a in helped for args in cpu for a in args if a.startswith("--"))
+    assert all(a in helped for args in calls["pipeline.py"] for a in args if a.startswith("--"))
+    boxed = [limit for name, limit, _ in parts if name != "fast suite"]
+    if mode == "full":  # every GPU figure of the issue has its part; the boxes fit 8 minutes
+        assert sum(boxed) <= 480
+        models = {a for args in calls["train_step.py"] + calls["pipeline_gpu.py"] for a in args}
+        assert {"mae", "videomae"} <= models and any("--workers" in args for args in calls["pipeline.py"])
+        assert any("-k" in argv and "pytest" in argv for _, _, argv in parts)
+
+
+def test_gpu_pack_is_valid_bash_and_packs_the_pinned_wheels_for_python_3_12():
+    script = ROOT / "benchmarks" / "gpu_pack.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    text = script.read_text()
+    for pin in ("av==19.0.2", "decord==0.6.0", "pynvvideocodec==2.2.4", "webdataset==1.0.2", "braceexpand==0.1.7",
+                "--python-version 3.12", "xz -9", "pipeline_gpu.py --prepare"):
+        assert pin in text
+
+
+@pytest.mark.slow
+def test_gpu_all_tiny_runs_every_part_on_the_cpu(tmp_path):
+    env = {**os.environ, "OUT": str(tmp_path), "PY": sys.executable}
+    subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_all.sh"), "tiny"], cwd=ROOT, env=env, check=True,
+                   capture_output=True, text=True, timeout=600)
+    log = (tmp_path / "gpu.txt").read_text()
+    statuses = re.findall(r"^### (.+?): exit (\d+)", log, flags=re.M)
+    assert len(statuses) == 4 and all(rc == "0" for _, rc in statuses), statuses
+    for text in ("loss check", "PASS", "of synthetic", "ratio ours/baseline"):
+        assert text in log
+    assert re.search(r"^image.* ratio ", log, flags=re.M)  # pipeline.py's image line against ImageFolder

@@ -11,6 +11,9 @@ def test_smoke_run_writes_checkpoint_log_and_curve(image_shards: Path, tmp_path:
     assert (run / "loss.png").is_file() and (run / "config.yaml").is_file()
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == list(range(1, 7)) and all(r["loss"] > 0 for r in lines)
+    # every line says how fast the run goes and how much of its time it waited for data
+    assert all(r["samples_per_s"] > 0 and 0.0 <= r["data_wait"] <= 1.0 and r["skipped"] == 0 for r in lines)
+    assert 0.0 <= summary["data_wait"] <= 1.0
     assert lines[0]["lr"] < lines[1]["lr"] or lines[1]["lr"] > 0  # warmup moves the learning rate
 
 
