@@ -24,11 +24,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pipelines import colour
+from pipelines.frames import ClipFrames, clip_of
 from pipelines.rng import sample_rng
 from pipelines.sample import Sample, guarded
 
 __all__ = ["Crop", "Augment", "pack", "crop_box", "resized_crop", "resized_crop_uint8", "crop_images", "crop_clips",
-           "cut_image", "cut_clip", "cut_maps"]
+           "cut_image", "cut_clip", "cut_box", "cut_maps"]
 
 
 def _pair(size: int | Sequence[int]) -> tuple[int, int]:
@@ -116,6 +117,13 @@ def cut_clip(frames: Tensor, box: Sequence[int], size: tuple[int, int], flip: bo
     return small.flip(2) if flip else small.contiguous()
 
 
+def cut_box(clips: Tensor | ClipFrames, j: int, box: Sequence[int], size: tuple[int, int],
+            flip: bool = False) -> Tensor:
+    """`cut_clip` of clip j of decoded clips (k, T, H, W, 3) or `ClipFrames`, gathering only the box's pixels."""
+    top, left, h, w = (int(v) for v in box)
+    return cut_clip(clip_of(clips, j, box), (0, 0, h, w), size, flip)
+
+
 def cut_maps(sample: Sample, box: Sequence[int], size: tuple[int, int], view: str, *,
              maps: Sequence[str] = ("depth", "semseg"), map_scale: float = 0.25) -> dict[str, Tensor]:
     """The same box of each dense map present in `sample`: `depth.{view}` and `semseg.{view}`."""
@@ -169,7 +177,7 @@ def crop_clips(*, crop: Crop | None = None, view: "Augment | None" = None,
     size = _pair(crop.size)
 
     def cut(sample: Sample) -> Sample:
-        clips = sample[key]  # (k, T, H, W, 3) uint8
+        clips = sample[key]  # (k, T, H, W, 3) uint8 clips, or the decoder's `ClipFrames`
         h, w = clips.shape[2:4]
         out = {k: v for k, v in sample.items() if k != key}
         rows, flips = [], []
@@ -177,7 +185,7 @@ def crop_clips(*, crop: Crop | None = None, view: "Augment | None" = None,
             rng = sample_rng(sample.get("__seed__", 0), sample.get("__epoch__", 0), f"{sample['__key__']}/{j}",
                              crop.view)
             params = view.draw(rng, h, w) if view is not None else {"box": crop.box(rng, h, w), "flip": False}
-            rows.append(cut_clip(clips[j], params["box"], size, bool(params["flip"])))
+            rows.append(cut_box(clips, j, params["box"], size, bool(params["flip"])))
             flips.append(bool(params["flip"]))
         out[f"{key}.{crop.view}"], out[f"{key}_size"] = torch.stack(rows), torch.tensor([h, w])
         if view is not None:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import get_worker_info
 
+from pipelines.frames import ClipFrames
 from pipelines.sample import SKIP, Sample
 
 __all__ = ["collate", "transfer_empty"]
@@ -30,6 +31,14 @@ def transfer_empty(shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
 
 def _stack(key: str, values: list[Any]) -> Any:
     first = values[0]
+    if isinstance(first, ClipFrames):  # decoded video: the clips are gathered straight into the batch
+        shapes = {tuple(v.shape) for v in values}
+        if len(shapes) > 1:
+            raise ValueError(f"cannot batch {key!r}: samples have shapes {sorted(shapes)}; add a crop/resize stage")
+        out = transfer_empty((len(values), *first.shape), first.dtype)
+        for row, v in zip(out, values):
+            v.gather(out=row)
+        return out
     if isinstance(first, np.ndarray):
         values = [torch.from_numpy(np.ascontiguousarray(v)) for v in values]
         first = values[0]

@@ -310,13 +310,15 @@ class DeviceStage:
     def _tokens(self, spec: Modality, x: Tensor, visible: Tensor | None, normalize: bool = True) -> Tokens:
         """Normalised (unless `normalize` is False) and patchified x (B, C, *axes), with the drawn visible tokens.
 
-        uint8 input (0..255) is patchified first and cast afterwards, with the normalisation fused into the
-        cast (`Modality.normalize_patches`): the permuting copy moves bytes instead of floats.
+        uint8 input (0..255) is patchified and cast in one copy, then normalised in place with one multiply-add
+        per value (`Modality.normalize_patches`).
         """
         if x.dtype == torch.uint8 and normalize and not spec.categorical and spec.mean is not None:
-            tokens = spec.tokenize(x)
-            out = _handover(tokens.patches.shape, torch.float32, x.device)
-            tokens = replace(tokens, patches=spec.normalize_patches(tokens.patches, out=out))
+            shape = _patched_shape(spec, x)
+            out = _handover(shape, torch.float32, x.device)
+            out = torch.empty(shape, dtype=torch.float32, device=x.device) if out is None else out
+            tokens = spec.tokenize(x, out=out)  # one copy that permutes the bytes and casts them
+            tokens = replace(tokens, patches=spec.normalize_patches(tokens.patches, out=tokens.patches))
         else:
             x = x.float() / 255.0 if x.dtype == torch.uint8 and not spec.categorical else x
             x = spec.normalize(x) if normalize else x

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from mmssl.tokens import visible_from_mask
-from pipelines.augment import cut_clip, cut_image, cut_maps
+from pipelines.augment import cut_box, cut_image, cut_maps
 from pipelines.images import encoded_size
 from pipelines.rng import sample_generator
 from pipelines.sample import Sample, guarded
@@ -161,8 +161,9 @@ def _cut(stage: "DeviceStage", aug: Any, sample: Mapping[str, Any], out: dict[st
             return True
         if sample.get("video") is None:
             return False
-        clips = sample["video"]  # (k, T, H, W, 3) uint8
-        out[f"video.{aug.view}"] = torch.stack([cut_clip(c, b, aug.size, f) for c, b, f in zip(clips, boxes, flips)])
+        clips = sample["video"]  # (k, T, H, W, 3) uint8 clips or the decoder's `ClipFrames`
+        out[f"video.{aug.view}"] = torch.stack([cut_box(clips, j, b, aug.size, f)
+                                                for j, (b, f) in enumerate(zip(boxes, flips))])
         out[f"video.{aug.view}.flipped"], out["video_size"] = draws["flip"], torch.tensor(size)
         return True
     if f"image.{aug.view}" in sample:

@@ -8,8 +8,11 @@ Backends (chosen per config, the one that decoded is written to `decoder`):
 - "nvdec": the worker only plans; the encoded bytes and the plan go to the device stage (`pipelines.nvdec`).
 Frame planning is `pipelines.clips`, drawn from the sample's generator, so it is the same for every backend.
 
-The output `video` is uint8 (k, T, H, W, 3): the device stage folds k into the batch. With `size=(H, W)` frames
-are scaled (by the decoder) to cover H x W and centre-cropped, so every sample of a batch has one shape.
+The output `video` is a `ClipFrames` (`pipelines.frames`): the distinct decoded frames and which of them make each
+of the k clips, gathered into uint8 clips (k, T, H, W, 3) only where they are used (a crop in the worker, or the
+loader's collate, which writes them straight into the batch); the device stage folds k into the batch. With
+`size=(H, W)` frames are scaled (by the decoder) to cover H x W and centre-cropped, so every sample of a batch has
+one shape.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import numpy as np
 import torch
 
 from pipelines.clips import clip_indices, gapped_indices
+from pipelines.frames import ClipFrames
 from pipelines.rng import sample_rng
 from pipelines.sample import Sample, guarded
 
@@ -36,7 +40,7 @@ def cover_size(width: int, height: int, size: tuple[int, int]) -> tuple[int, int
     return max(size[1], round(width * scale)), max(size[0], round(height * scale))
 
 
-def _centre_crop(frames: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+def _centre_crop(frames: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
     """Centre crop of (N, H, W, 3) frames to size (H, W)."""
     if size is None:
         return frames
@@ -45,15 +49,19 @@ def _centre_crop(frames: np.ndarray, size: tuple[int, int] | None) -> np.ndarray
     return frames[:, top:top + size[0], left:left + size[1]]
 
 
-def _decord_frames(data: bytes, wanted: np.ndarray, scaled: tuple[int, int] | None) -> np.ndarray:
-    """Frames `wanted` (sorted unique indices) as (N, H, W, 3) uint8, scaled to (width, height) by FFmpeg."""
+def _decord_frames(data: bytes, wanted: np.ndarray, scaled: tuple[int, int] | None) -> torch.Tensor:
+    """Frames `wanted` (sorted unique indices) as (N, H, W, 3) uint8, scaled to (width, height) by FFmpeg.
+
+    The frames come over DLPack, without a copy (`asnumpy` copies them, a few ms per clip).
+    """
     import decord
+    from torch.utils.dlpack import from_dlpack
 
     width, height = scaled if scaled else (-1, -1)
     reader = decord.VideoReader(io.BytesIO(data), num_threads=1, width=width, height=height)
     if int(wanted[-1]) >= len(reader):
         raise ValueError(f"frame {int(wanted[-1])} requested but decord sees {len(reader)} frames")
-    return reader.get_batch(wanted.tolist()).asnumpy()
+    return from_dlpack(reader.get_batch(wanted.tolist()).to_dlpack())
 
 
 def _pyav_frames(data: bytes, wanted: np.ndarray, scaled: tuple[int, int] | None) -> np.ndarray:
@@ -148,9 +156,11 @@ def decode_frames(plan: Planner, *, size: tuple[int, int] | None = None, backend
             if backend != "decord" or not fallback:
                 raise
             frames, used = _pyav_frames(data, wanted, scaled), "pyav"
+        frames = torch.as_tensor(frames)  # (U, H, W, 3): each needed frame once
         frames = _centre_crop(frames, size)
-        clips = frames[where.reshape(index.shape)]  # (k, T, H, W, 3): clips gathered from the unique frames
-        out["video"], out["decoder"] = torch.from_numpy(np.ascontiguousarray(clips)), used
+        # the clips are gathered from the unique frames only where they are used (a crop, or the batch)
+        where_t = torch.from_numpy(where.reshape(index.shape).astype(np.int64))  # (k, T)
+        out["video"], out["decoder"] = ClipFrames(frames, where_t), used
         return out
 
     return guarded(decode, what=f"decode_video[{backend}]")

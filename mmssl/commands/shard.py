@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     transcode = Transcode(enabled=args.transcode, short_side=args.short_side, fps=args.fps, gop=args.gop,
                           chunk_seconds=args.chunk_seconds, keep_audio=args.keep_audio,
-                          image_short_side=args.image_short_side)
+                          image_short_side=args.image_short_side, audio_format=args.audio_format)
     opts = ShardOptions(modality=args.modality, samples_per_shard=args.samples_per_shard,
                         shard_bytes=int(args.shard_mb * 2**20) if args.shard_mb else None, prefix=args.prefix,
                         seed=None if args.no_shuffle else args.seed, workers=args.workers, part=args.part,
@@ -77,6 +77,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--chunk-seconds", type=float, default=None, help="split transcoded videos into chunks")
     p.add_argument("--keep-audio", action="store_true", help="keep a video's audio as mono 16 kHz FLAC")
     p.add_argument("--image-short-side", type=int, default=None, help="max short side of transcoded images")
+    p.add_argument("--audio-format", choices=["flac", "wav"], default="flac",
+                   help="transcoded audio: mono 16 kHz FLAC, or 16-bit PCM WAV (2x larger, read without decoding)")
     p.add_argument("--verify", metavar="OUT", help="re-read the shards in OUT against its index.json")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import pkgutil
 from typing import Any, Mapping
@@ -14,6 +15,12 @@ __all__ = ["Modality", "all_modalities", "get_modality"]
 
 def all_modalities() -> dict[str, Modality]:
     """Every `Modality` defined at module level in `mmssl.modalities`, by name."""
+    return dict(_discovered())
+
+
+@functools.lru_cache(maxsize=1)
+def _discovered() -> dict[str, Modality]:
+    """The package's modules are listed once per process: `get_modality` runs per batch in the data pipeline."""
     found: dict[str, Modality] = {}
     for info in pkgutil.iter_modules(__path__):
         module = importlib.import_module(f"{__name__}.{info.name}")
@@ -39,7 +46,7 @@ def get_modality(name: str | Modality | Mapping[str, Any]) -> Modality:
             raise KeyError(f"modality variant {dict(name)} needs 'name' and only these fields: {sorted(fields)}")
         changes = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in name.items() if k != "name"}
         return dataclasses.replace(get_modality(name["name"]), **changes)
-    known = all_modalities()
+    known = _discovered()
     if name not in known:
         raise KeyError(f"unknown modality {name!r}; known: {', '.join(known)}")
     return known[name]

@@ -83,19 +83,23 @@ class Modality:
         return (x - mean) / std
 
     def normalize_patches(self, patches: Tensor, *, out: Tensor | None = None) -> Tensor:
-        """Float patches from uint8 (0..255) ones (B, N, prod(patch) * C), as `normalize` of x / 255 would give.
+        """Float patches from 0..255 ones (B, N, prod(patch) * C), as `normalize` of x / 255 would give.
 
         Patches are channel-last, so the per-channel scale and shift are tiled over one patch vector and the whole
-        conversion is one cast and two in-place passes (a multiply-add per value). `out`: a float32 tensor of the
-        patches' shape to write into (e.g. shared memory a loader worker hands over).
+        conversion is one cast and one in-place multiply-add per value. `patches` are uint8 (or float 0..255);
+        `out`: a float32 tensor of their shape to write into (e.g. shared memory a loader worker hands over), or
+        `patches` themselves (float), normalised in place.
         """
         if self.categorical or self.mean is None:
             raise ValueError(f"modality {self.name!r} has no dataset statistics to normalise uint8 patches with")
         std, mean = _filled(self.std, patches, torch.float32), _filled(self.mean, patches, torch.float32)
         reps = patches.shape[-1] // self.channels
         scale, shift = (1 / (255 * std)).repeat(reps), (-mean / std).repeat(reps)  # (P,): channel fastest
-        values = patches.float() if out is None else out.copy_(patches)
-        return values.mul_(scale).add_(shift)
+        if out is patches:
+            values = patches
+        else:
+            values = patches.float() if out is None else out.copy_(patches)
+        return torch.addcmul(shift, values, scale, out=values)  # x * scale + shift, one pass
 
     def denormalize(self, x: Tensor) -> Tensor:
         """Undoes dataset-statistics normalisation (for figures); other modalities are returned unchanged."""

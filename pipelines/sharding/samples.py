@@ -25,6 +25,7 @@ class Transcode:
     chunk_seconds: float | None = None
     keep_audio: bool = False
     image_short_side: int | None = None
+    audio_format: str = "flac"
 
 
 def _ext(path: Path) -> str:
@@ -74,7 +75,7 @@ def build_samples(item: Item, modality: str, opts: Transcode) -> list[tuple[str,
             raise ProbeError("transcoding produced no frames")
         return out
     if modality == "audio" and opts.enabled:
-        data, ext = transcode_audio(item.path), "flac"
+        data, ext = transcode_audio(item.path, opts.audio_format), opts.audio_format
         info = probe_audio(data)
     elif modality in ("image", "multimodal") and opts.enabled:
         data, ext = transcode_image(item.path, short_side=opts.image_short_side), "jpg"

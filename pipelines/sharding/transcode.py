@@ -2,7 +2,7 @@
 
 - video: H.264 yuv420p at a constant frame rate, short side scaled down to N, a short GOP (so a clip needs few
   frames decoded before its first one), long videos cut into chunks; the audio track as mono 16 kHz FLAC;
-- audio: mono 16 kHz FLAC;
+- audio: mono 16 kHz FLAC, or 16-bit PCM WAV (`audio_format="wav"`), which needs no decoding at all;
 - images: JPEG with the short side scaled down to at most N.
 """
 
@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["VideoChunk", "transcode_video", "transcode_audio", "transcode_image", "scaled_size"]
+__all__ = ["VideoChunk", "transcode_video", "transcode_audio", "transcode_image", "scaled_size", "AUDIO_FORMATS"]
 
 AUDIO_RATE = 16000
+AUDIO_FORMATS = ("flac", "wav")
 
 
 @dataclass(frozen=True)
@@ -64,14 +65,20 @@ def _decode_mono(container) -> np.ndarray:
     return np.concatenate(pieces) if pieces else np.zeros(0, np.int16)
 
 
-def transcode_audio(path: Path) -> bytes:
-    """Any audio file -> mono 16 kHz FLAC bytes."""
+def transcode_audio(path: Path, fmt: str = "flac") -> bytes:
+    """Any audio file -> mono 16 kHz FLAC bytes, or 16-bit PCM WAV bytes (`fmt="wav"`: twice the size, read
+    without decoding)."""
     import av
 
+    from pipelines.wav import encode_pcm
+
+    if fmt not in AUDIO_FORMATS:
+        raise ValueError(f"audio format must be one of {AUDIO_FORMATS}, got {fmt!r}")
     with av.open(str(path)) as container:
         if not container.streams.audio:
             raise ValueError("no audio stream")
-        return _encode_flac(_decode_mono(container))
+        mono = _decode_mono(container)
+    return _encode_flac(mono) if fmt == "flac" else encode_pcm(mono, AUDIO_RATE)
 
 
 class _ChunkWriter:

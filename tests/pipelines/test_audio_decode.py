@@ -1,4 +1,6 @@
-"""decode_waveform's direct path (no swresample at the target rate) against the resampling path, bit for bit."""
+"""decode_waveform: the direct path (no swresample at the target rate) against the resampling path, bit for bit;
+16-bit PCM WAV read without a decoder, equal to FFmpeg's decode of the same bytes and a stored format of the sharding
+tool (`--audio-format wav`)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import pytest
 
 from pipelines import audio
 from pipelines.audio import decode_waveform
+from pipelines.wav import encode_pcm, read_pcm
 
 LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 6: "5.1"}
 
@@ -115,3 +118,67 @@ def test_decode_starts_over_with_swresample_when_the_direct_path_gives_up(monkey
     monkeypatch.setattr(audio, "_decode_direct", lambda frames, rate: next(frames) and None)  # gives up mid-way
     wave, start_again = decode_waveform(data)
     assert np.array_equal(wave, direct) and start_again == start
+
+
+# -- 16-bit PCM WAV, read without a decoder ---------------------------------------------------------------
+
+def ffmpeg_wave(data: bytes, rate: int) -> np.ndarray:
+    """decode_waveform's FFmpeg route on these bytes."""
+    with av.open(io.BytesIO(data)) as container:
+        wave = audio._decode_direct(container.decode(container.streams.audio[0]), rate)
+    assert wave is not None
+    return wave
+
+
+@pytest.mark.parametrize("channels", [1, 2, 6])
+def test_pcm_wav_reads_as_ffmpeg_decodes_it(channels):
+    data = encode("wav", "pcm_s16le", 16000, channels, "s16")
+    ours = read_pcm(data, 16000)
+    assert ours is not None and ours.dtype == np.float32
+    assert np.array_equal(ours, ffmpeg_wave(data, 16000))  # bit for bit
+    assert np.array_equal(audio.decode_waveform(data)[0], ours)
+
+
+def test_written_wav_round_trips_and_is_what_ffmpeg_reads():
+    samples = (np.random.default_rng(1).standard_normal(4000) * 3000).astype(np.int16)
+    data = encode_pcm(samples, 16000)
+    assert len(data) == 44 + 2 * len(samples)
+    assert np.array_equal(read_pcm(data, 16000), samples.astype(np.float32) / 32768)
+    assert np.array_equal(read_pcm(data, 16000), ffmpeg_wave(data, 16000))
+
+
+@pytest.mark.parametrize("kind", ["24-bit", "float", "other rate", "flac", "cut header", "not riff"])
+def test_anything_else_is_left_to_the_decoder(kind):
+    data = {"24-bit": lambda: encode("wav", "pcm_s24le", 16000, 1, "s32"),
+            "float": lambda: encode("wav", "pcm_f32le", 16000, 1, "flt"),
+            "other rate": lambda: encode("wav", "pcm_s16le", 22050, 1, "s16"),
+            "flac": lambda: encode("flac", "flac", 16000, 1, "s16"),
+            "cut header": lambda: encode("wav", "pcm_s16le", 16000, 1, "s16")[:30],
+            "not riff": lambda: b"\x00" * 64}[kind]()
+    assert read_pcm(data, 16000) is None
+    if kind in ("24-bit", "float", "other rate", "flac"):
+        wave, _ = audio.decode_waveform(data)  # the general route still reads it
+        assert wave.dtype == np.float32 and len(wave) > 1000
+
+
+def test_sharding_can_store_pcm_that_reads_like_the_flac(tmp_path):
+    from media import make_audio
+    from pipelines.sharding.samples import Transcode
+    from pipelines.sharding.tool import ShardOptions, run_sharding
+    from pipelines.loader import StreamLoader
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3):
+        make_audio(src / f"t{i}.flac", seconds=0.7, freq=300 + 90 * i)
+    read = {}
+    for fmt in ("flac", "wav"):
+        run_sharding(src, tmp_path / fmt, ShardOptions(modality="audio", transcode=Transcode(enabled=True,
+                                                                                              audio_format=fmt)),
+                     progress=False)
+        stored = next(iter(StreamLoader(str(tmp_path / fmt), batch_size=3, shuffle_window=0, shuffle_shards=False)))
+        assert fmt in stored and all(len(d) > 1000 for d in stored[fmt])  # the format asked for is what is stored
+        read[fmt] = next(iter(StreamLoader(str(tmp_path / fmt), batch_size=3, shuffle_window=0, shuffle_shards=False,
+                                           stages=[audio.decode_audio(seconds=1.0)])))
+    assert np.array_equal(read["wav"]["audio"].numpy(), read["flac"]["audio"].numpy())  # FLAC is lossless
+    assert read["wav"]["audio_len"].tolist() == read["flac"]["audio_len"].tolist()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from media import frame_index_of, make_corrupt, make_video
 from pipelines.clips import PlanError, clip_indices, gapped_indices
@@ -29,7 +30,7 @@ def sample_of(data: bytes, key: str = "k1", **extra) -> dict:
 
 
 def indices_drawn(video) -> list[list[int]]:
-    return [[frame_index_of(f) for f in clip] for clip in video.numpy()]
+    return [[frame_index_of(f) for f in clip] for clip in video.gather().numpy()]
 
 
 @pytest.mark.parametrize("backend", ["decord", "pyav"])
@@ -88,7 +89,7 @@ def test_reference_and_target_groups(video):
 def test_decord_and_pyav_give_the_same_frames(video):
     a = run(decode_clips(num_frames=6, stride=5, clips=2, backend="decord"), sample_of(video))
     b = run(decode_clips(num_frames=6, stride=5, clips=2, backend="pyav"), sample_of(video))
-    diff = (a["video"].float() - b["video"].float()).abs()
+    diff = (a["video"].gather().float() - b["video"].gather().float()).abs()
     assert diff.mean() < 1.0 and diff.max() <= 8
 
 
@@ -127,3 +128,25 @@ def test_corrupt_videos_become_skip_markers(video, tmp_path):
         outs = list(decode_clips(num_frames=4, stride=2, backend=backend)(iter(samples)))
         assert [is_skipped(o) for o in outs] == [True, True, False, True]
         assert all("__skip__" in o and o["__key__"] == s["__key__"] for o, s in zip(outs, samples) if is_skipped(o))
+
+
+def test_clip_frames_gather_only_what_is_used(video):
+    """The decoder keeps each needed frame once; a clip (or its crop box) is gathered on demand, and the loader's
+    collate writes all clips straight into the batch."""
+    from pipelines.collate import collate
+    from pipelines.frames import ClipFrames, clip_of
+
+    out = run(decode_clips(num_frames=6, stride=2, clips=3, backend="pyav"), sample_of(video))
+    frames = out["video"]
+    assert isinstance(frames, ClipFrames) and frames.shape == (3, 6, 48, 64, 3)
+    assert frames.frames.shape[0] == len(set(out["frame_index"].flatten().tolist()))  # overlapping clips: once each
+    clips = frames.gather()
+    assert indices_drawn(frames) == out["frame_index"].tolist()
+    box = (5, 7, 20, 30)
+    for j in range(3):
+        assert torch.equal(frames.clip(j), clips[j])
+        assert torch.equal(clip_of(frames, j, box), clips[j, :, 5:25, 7:37])
+        assert torch.equal(clip_of(clips, j, box), clips[j, :, 5:25, 7:37])
+    batch = collate([out, run(decode_clips(num_frames=6, stride=2, clips=3, backend="pyav"),
+                              sample_of(video, key="other"))])
+    assert batch["video"].shape == (2, 3, 6, 48, 64, 3) and torch.equal(batch["video"][0], clips)
