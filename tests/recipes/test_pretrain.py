@@ -1,6 +1,8 @@
 import json
 from pathlib import Path
 
+import pytest
+
 from recipes.pretrain import pretrain
 
 
@@ -17,8 +19,10 @@ def test_smoke_run_writes_checkpoint_log_and_curve(image_shards: Path, tmp_path:
     assert lines[0]["lr"] < lines[1]["lr"] or lines[1]["lr"] > 0  # warmup moves the learning rate
 
 
-def test_exact_resume(image_shards: Path, tmp_path: Path, mae_config) -> None:
-    tiny_mae = mae_config
+@pytest.mark.parametrize("workers", [0, 2])
+def test_exact_resume(image_shards: Path, tmp_path: Path, mae_config, workers: int) -> None:
+    """Also with the device stage in two loader workers (the CPU feed): the position saved is the step's."""
+    tiny_mae = lambda shards, out, **train: mae_config(shards, out, workers=workers, **train)  # noqa: E731
     whole = pretrain(tiny_mae(image_shards, tmp_path / "a", steps=8, ckpt_every=0))
     cut = pretrain(tiny_mae(image_shards, tmp_path / "b", steps=8, stop_after=4))
     assert cut["steps"] == 4
