@@ -7,7 +7,7 @@ import sys
 from typing import Sequence
 
 from mmssl.commands import register_all
-from mmssl.config import ConfigError
+from mmssl.config import ConfigError, parse_overrides_anywhere
 
 __all__ = ["main", "build_parser"]
 
@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `mmssl` console script. A user mistake prints one line, not a traceback."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_overrides_anywhere(parser, argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

@@ -185,15 +185,53 @@ def instantiate(node: Any, *args: Any, where: str = "", **kwargs: Any) -> Any:
     return node
 
 
+def _fits(value: Any, annotation: str) -> bool:
+    """Whether a YAML value fits a dataclass field's annotation (as written in a module with postponed
+    annotations): int, float (an int is fine), bool, str, Sequence[...] and `X | None` unions of them."""
+    kinds = [a.strip() for a in annotation.split("|")]
+    for kind in kinds:
+        base = kind.split("[", 1)[0]
+        if (kind == "None" and value is None) or base == "Any":
+            return True
+        if base == "bool" and isinstance(value, bool):
+            return True
+        if base == "int" and isinstance(value, int) and not isinstance(value, bool):
+            return True
+        if base == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True
+        if base == "str" and isinstance(value, str):
+            return True
+        if base in ("Sequence", "list", "tuple") and isinstance(value, (list, tuple)):
+            inner = kind[len(base) + 1:-1] if "[" in kind else "Any"
+            return all(_fits(v, inner.split(",")[0]) for v in value)
+    return False
+
+
 def section(cls: type, values: Mapping | None, where: str) -> Any:
-    """Builds the dataclass `cls` from a plain config section, naming any unknown key with the valid ones."""
+    """Builds the dataclass `cls` from a plain config section, naming any unknown key with the valid ones, and any
+    value of the wrong type with the type its field wants (`train.steps=abc` is an error, not a traceback later)."""
     import dataclasses
 
     values = dict(values or {})
-    valid = [f.name for f in dataclasses.fields(cls)]
-    for key in values:
-        if key not in valid:
-            guess = difflib.get_close_matches(key, valid, n=1)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key, value in values.items():
+        if key not in fields:
+            guess = difflib.get_close_matches(key, list(fields), n=1)
             hint = f" Did you mean {guess[0]!r}?" if guess else ""
-            raise ConfigError(f"config key '{where}.{key}' is unknown.{hint} Valid keys: {', '.join(valid)}")
+            raise ConfigError(f"config key '{where}.{key}' is unknown.{hint} Valid keys: {', '.join(fields)}")
+        annotation = fields[key].type if isinstance(fields[key].type, str) else getattr(fields[key].type, "__name__", "Any")
+        if not _fits(value, annotation):
+            raise ConfigError(f"config key '{where}.{key}' must be {annotation}, got {value!r}")
     return cls(**values)
+
+
+def parse_overrides_anywhere(parser: Any, argv: Sequence[str] | None = None) -> Any:
+    """`parser.parse_args`, with `key=value` overrides accepted anywhere on the line (after an option too, e.g.
+    `--resume auto optim.lr=1e-4`), added to `args.overrides`; anything else unknown is argparse's usual error."""
+    args, extra = parser.parse_known_args(argv)
+    unknown = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if extra:
+        args.overrides = list(args.overrides or []) + extra
+    return args

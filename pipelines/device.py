@@ -131,6 +131,20 @@ class DeviceStage:
             self.mask = mask
         return self
 
+    def check(self) -> None:
+        """Raises ConfigError when a view's crop does not split into whole patches of its modality (checked when
+        the run is built, not at the first batch)."""
+        from mmssl.config import ConfigError
+
+        name = {"video": "video", "audio": None, "waveform": None}.get(self.mode, "image")
+        if name is None:
+            return
+        patch = self.spec(name).patch[-2:]  # the spatial extent; a clip's length is checked per sample
+        for i, aug in enumerate(self.views):
+            if any(s % p for s, p in zip(aug.size, patch)):
+                raise ConfigError(f"config key 'data.device.views.{i}' crops {aug.size[0]}x{aug.size[1]}, which the "
+                                  f"{name} patch {tuple(patch)} does not divide: make the crop size a multiple of it")
+
     def planner(self, *, cut: bool = False):
         """The loader stage that draws each sample's randomness in the workers (`pipelines.draws`); with `cut`
         (when this stage runs on a CPU, in the workers) it also cuts each view's crop there, per sample."""

@@ -28,7 +28,7 @@ from pipelines.meta import parse_meta
 from pipelines.order import EpochOrder, batch_slices, num_batches
 from pipelines.reader import ReadTimer, read_stream
 from pipelines.sample import Sample
-from pipelines.shards import ShardList, resolve_shards
+from pipelines.shards import ShardList, check_shards, resolve_shards
 from pipelines.stats import LoaderStats
 
 __all__ = ["StreamLoader", "worker_batches", "run_epoch", "stream_position", "restore_position", "finish_batch",
@@ -166,12 +166,17 @@ def worker_batches(data: IterableDataset, *, num_workers: int, start_method: str
 
 
 def stream_position(loader: Any) -> dict[str, int]:
-    """{seed, epoch, samples_consumed} of a loader: all an exact resume needs."""
-    return {"seed": loader.seed, "epoch": loader.epoch, "samples_consumed": loader.samples_consumed}
+    """{seed, epoch, samples_consumed, batch_size} of a loader: all an exact resume needs."""
+    return {"seed": loader.seed, "epoch": loader.epoch, "samples_consumed": loader.samples_consumed,
+            "batch_size": loader.batch_size}
 
 
 def restore_position(loader: Any, state: dict[str, int]) -> None:
     """Sets a loader back to a saved `stream_position`; the global batch size must be the one saved with."""
+    saved = state.get("batch_size")
+    if saved is not None and saved != loader.batch_size:
+        raise ValueError(f"the run was saved with data.train.batch_size={saved}, this one has {loader.batch_size}: "
+                         f"global batches would hold other samples, so resume with the same batch size")
     if state["samples_consumed"] % loader.batch_size:
         raise ValueError(f"samples_consumed {state['samples_consumed']} is not a multiple of the global "
                          f"batch size {loader.batch_size}; resume with the batch size the run was saved with")
@@ -234,6 +239,7 @@ class StreamLoader:
         if batch_size < self.world_size:
             raise ValueError(f"global batch_size {batch_size} is smaller than world_size {self.world_size}")
         self.shards = source if isinstance(source, ShardList) else resolve_shards(source)
+        check_shards(self.shards)
         if self.shards.total == 0:
             raise ValueError(f"the shards of {source!r} hold no samples")
         self.batch_size, self.stages, self.seed = batch_size, list(stages), seed

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Sequence
 
-__all__ = ["ShardList", "resolve_shards", "open_shard", "is_local"]
+__all__ = ["ShardList", "resolve_shards", "open_shard", "is_local", "check_shards"]
 
 log = logging.getLogger(__name__)
 _GOPEN_SCHEMES = ("pipe:", "http://", "https://", "gs://", "ais://", "sftp://", "scp://", "hf://")
@@ -51,6 +51,23 @@ def open_shard(url: str) -> IO[bytes]:
     except ImportError:
         raise ValueError(f"cannot open {url}: install fsspec for this URL scheme, or use a pipe: command") from None
     return fsspec.open(url, "rb").open()
+
+
+def check_shards(shards: ShardList) -> None:
+    """Before the first step: every local shard is there and is a tar file (not, say, an HTML error page saved
+    under its name). Raises FileNotFoundError or ValueError naming the shards."""
+    local = [u.removeprefix("file:") for u in shards.urls if is_local(u)]
+    missing = [u for u in local if not Path(u).is_file()]
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise FileNotFoundError(f"{len(missing)} of the {len(shards.urls)} shards in the index are missing: "
+                                f"{', '.join(missing[:3])}{more}")
+    for url in local:
+        with open(url, "rb") as f:
+            head = f.read(512)
+        if len(head) == 512 and head[257:262] != b"ustar" and any(head):
+            start = head[:40].decode("ascii", "replace").strip()
+            raise ValueError(f"shard {url} is not a tar file (it starts with {start!r}); rebuild or re-download it")
 
 
 def _join(base: str, name: str) -> str:

@@ -25,13 +25,16 @@ from tqdm import tqdm
 from mmssl.config import ConfigError, instantiate, load_config, section, validate
 from mmssl.discover import find_config
 from mmssl.train import distributed as dist
-from mmssl.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from mmssl.train.checkpoint import (load_checkpoint, remove_stale_temporaries, rng_state, save_checkpoint,
+                                    set_rng_state)
 from mmssl.train.optim import build_adamw, scaled_lr
 from mmssl.train.plot import plot_curve
 from mmssl.train.runlog import RunLog, make_run_dir
 from mmssl.train.schedules import warmup_cosine
-from mmssl.train.step import TrainStep, method_inputs
+from mmssl.train.step import NonFiniteLoss, TrainStep, method_inputs
+from mmssl.config import parse_overrides_anywhere
 from pipelines.feed import Feed
+from pipelines.stats import DataError
 from recipes.settings import OptimSettings, TrainSettings
 
 __all__ = ["Run", "build_run", "check_config", "pretrain", "main"]
@@ -150,6 +153,7 @@ def build_run(cfg: dict[str, Any], *, data: bool = True, batch_size: int | None 
               step=step, loader=loader, device_stage=device_stage, total=total)
     if device_stage is not None and hasattr(device_stage, "with_mask"):
         device_stage.with_mask(getattr(method, "masking", None))  # the method's masks, drawn in the workers
+        device_stage.check()
     if loader is not None:
         run.feed = Feed(loader, device_stage, device, prefetch=train.prefetch)
     return run
@@ -164,21 +168,32 @@ def pretrain(cfg: dict[str, Any], *, resume: str | bool | None = None, run_dir: 
     # -- run folder, resume ---------------------------------------------------------------------------------------
     out_dir = Path(train.out_dir)
     ckpt_path = _resume_path(resume, out_dir, name)
-    if run_dir is None:
-        run_dir = ckpt_path.parent.parent if ckpt_path else (make_run_dir(out_dir, name) if rank == 0 else None)
-    run_dir = Path(run_dir) if run_dir else out_dir / name
-    log = RunLog(run_dir, enabled=rank == 0, tensorboard=train.tensorboard)
+    if resume in (True, "auto") and ckpt_path is None and rank == 0:
+        print(f"--resume auto: no earlier run of {name!r} under {out_dir}: starting a new one", file=sys.stderr)
+    try:
+        if run_dir is None:
+            run_dir = ckpt_path.parent.parent if ckpt_path else (make_run_dir(out_dir, name) if rank == 0 else None)
+        run_dir = Path(run_dir) if run_dir else out_dir / name
+        log = RunLog(run_dir, enabled=rank == 0, tensorboard=train.tensorboard)
+        if rank == 0:
+            remove_stale_temporaries(run_dir / "checkpoints")
+            log.save_config(cfg)
+    except OSError as err:  # a read-only or missing folder, a full disk
+        raise ConfigError(f"train.out_dir {str(out_dir)!r}: cannot write the run folder: "
+                          f"{err.strerror or err}") from None
     done = 0
     if ckpt_path is not None:
         state = load_checkpoint(ckpt_path)
-        method.load_state_dict(state["model"])
-        step.load_state_dict(state)
-        feed.load_state_dict(state["data"])
+        try:
+            method.load_state_dict(state["model"])
+            step.load_state_dict(state)
+            feed.load_state_dict(state["data"])
+        except (RuntimeError, ValueError, KeyError) as err:  # another model, optimiser or batch size
+            raise ConfigError(f"cannot resume from {ckpt_path}: {str(err).splitlines()[0]}") from None
         done = state["step"]
         log.load()
         log.truncate(done)
         set_rng_state(state["rng"])  # last: building the model and the loader above drew random numbers
-    log.save_config(cfg)
 
     def checkpoint() -> Path | None:
         if rank != 0:
@@ -277,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", default=None)
     parser.add_argument("--tiny", action="store_true", help="apply the config's tiny override first")
     parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args(argv)
+    args = parse_overrides_anywhere(parser, argv)
     try:
         cfg = load_run_config(args.config, args.modality, args.overrides, tiny=args.tiny)
         name = cfg.pop("_name")
@@ -286,6 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError) as err:
         print(f"recipes.pretrain: error: {err}", file=sys.stderr)
         return 2
+    except (DataError, NonFiniteLoss, OSError) as err:  # the data, the disk or the run went wrong: one line
+        print(f"recipes.pretrain: error: {err}", file=sys.stderr)
+        return 1
     if dist.rank() == 0:
         print(f"done: {summary['steps']} steps, loss {summary['first_loss']:.4f} -> {summary['last_loss']:.4f}; "
               f"run folder {summary['run_dir']}; checkpoint {summary['checkpoint']}")

@@ -8,6 +8,13 @@ from typing import Sequence
 __all__ = ["OptimSettings", "TrainSettings"]
 
 
+def _check(where: str, ok: bool, what: str, value: object) -> None:
+    if not ok:
+        from mmssl.config import ConfigError
+
+        raise ConfigError(f"config key '{where}' must be {what}, got {value!r}")
+
+
 @dataclass
 class OptimSettings:
     """Optimisation: AdamW, linear LR scaling, warmup + cosine as functions of progress.
@@ -37,6 +44,14 @@ class OptimSettings:
     min_lr: float = 0.0
     clip_grad: float | None = None
     accum: int = 1
+
+    def __post_init__(self) -> None:
+        _check("optim.accum", self.accum >= 1, "at least 1", self.accum)
+        _check("optim.epochs", self.epochs > 0, "positive", self.epochs)
+        _check("optim.warmup_epochs", self.warmup_epochs >= 0, "0 or more", self.warmup_epochs)
+        for name in ("blr", "lr", "clip_grad"):
+            value = getattr(self, name)
+            _check(f"optim.{name}", value is None or value > 0, "positive", value)
 
 
 @dataclass
@@ -85,3 +100,16 @@ class TrainSettings:
     stop_after: int | None = None
     threads: int | None = None
     prefetch: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "stop_after", "threads"):
+            value = getattr(self, name)
+            _check(f"train.{name}", value is None or value >= 1, "at least 1", value)
+        _check("train.log_every", self.log_every >= 1, "at least 1", self.log_every)
+        _check("train.ckpt_every", self.ckpt_every >= 0, "0 (only at the end) or more", self.ckpt_every)
+        _check("train.max_nonfinite", self.max_nonfinite >= 1, "at least 1", self.max_nonfinite)
+        _check("train.prefetch", self.prefetch is None or self.prefetch >= 0, "0 or more", self.prefetch)
+        _check("train.precision", self.precision in ("auto", "bf16", "fp16", "fp32"), "auto, bf16, fp16 or fp32",
+               self.precision)
+        _check("train.strategy", self.strategy in ("ddp", "fsdp"), "ddp or fsdp", self.strategy)
+        _check("train.compile", self.compile in ("auto", True, False), "auto, true or false", self.compile)

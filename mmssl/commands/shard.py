@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from pathlib import Path
 
@@ -42,6 +43,13 @@ def run(args: argparse.Namespace) -> int:
         summary = run_sharding(Path(args.src), Path(args.out), opts, progress=not args.quiet)
     except ValueError as err:
         print(f"mmssl shard: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.ENOTDIR, errno.EISDIR):
+            raise  # e.g. a missing source: the command's one-line error already
+        where = err.filename or args.out
+        print(f"mmssl shard: error: cannot write {where}: {err.strerror or err}; choose a writable OUT folder",
+              file=sys.stderr)
         return 2
     if summary["complete"]:
         print(f"{summary['samples']} samples in {summary['shards']} shards ({summary['bytes'] / 2**20:.1f} MiB), "

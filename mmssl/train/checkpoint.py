@@ -15,23 +15,39 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state"]
+__all__ = ["save_checkpoint", "load_checkpoint", "remove_stale_temporaries", "rng_state", "set_rng_state"]
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """Writes `state` with torch.save to `path` atomically; returns the path."""
+    """Writes `state` with torch.save to `path` atomically; returns the path.
+
+    A failed write (a full disk, a folder that became read-only) leaves the previous checkpoint as it was, removes
+    the partial file and raises an OSError that names the file.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:  # torch.save reports a short write as a RuntimeError
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).splitlines()[0]
+        raise OSError(f"could not write checkpoint {path} ({reason}); the previous one is kept: free some space "
+                      f"or make the folder writable, then --resume") from None
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Deletes the partial checkpoint files that writes killed mid-way (kill -9) left in `folder`."""
+    stale = sorted(Path(folder).glob(".*.tmp-*")) if Path(folder).is_dir() else []
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return stale
 
 
 def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:

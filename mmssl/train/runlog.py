@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -60,10 +61,27 @@ class RunLog:
                 self._tb.add_scalar(k, v, step)
 
     def load(self) -> None:
-        """Reads an existing metrics.jsonl back (a resumed run continues its history)."""
+        """Reads an existing metrics.jsonl back (a resumed run continues its history).
+
+        A line that does not parse (the torn last line a full disk or a kill leaves) is dropped with a warning;
+        `truncate` then rewrites the file without it.
+        """
         path = self.run_dir / "metrics.jsonl"
-        if path.is_file():
-            self.history = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        if not path.is_file():
+            return
+        self.history, torn = [], 0
+        for line in path.read_text(errors="replace").splitlines():
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                torn += 1
+                continue
+            if isinstance(record, dict) and "step" in record:
+                self.history.append(record)
+        if torn:
+            warnings.warn(f"{path}: dropped {torn} unreadable line(s) (a write cut short); the run continues")
 
     def truncate(self, step: int) -> None:
         """Drops records after `step` (logged by a run that died after its last checkpoint)."""

@@ -78,7 +78,7 @@ def test_feed_position_resumes_exactly_with_prefetch_ahead(shards):
         return out, states
 
     whole, states = run()  # 12 batches: two epochs and a bit
-    assert states[2] == {"seed": 0, "epoch": 0, "samples_consumed": 18}
+    assert states[2] == {"seed": 0, "epoch": 0, "samples_consumed": 18, "batch_size": 6}
     for cut in (2, 4, 7):
         rest, _ = run(states[cut], take=12 - cut - 1)
         assert rest == whole[cut + 1:]

@@ -64,7 +64,7 @@ def test_resume_mid_epoch_continues_the_stream(shards: Path, world: int, workers
     it = iter(first)
     seen = [next(it)["num"].tolist() for _ in range(2)]
     state = first.state_dict()
-    assert state == {"seed": 0, "epoch": 0, "samples_consumed": 12}
+    assert state == {"seed": 0, "epoch": 0, "samples_consumed": 12, "batch_size": 6}
     per_rank = []
     for rank in range(world):  # resume with another world size and worker count
         resumed = StreamLoader(str(shards), batch_size=6, stages=[decode], shuffle_window=8, rank=rank,
