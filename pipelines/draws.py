@@ -22,7 +22,7 @@ from torch import Tensor
 
 from mmssl.tokens import visible_from_mask
 from pipelines.augment import cut_box, cut_image, cut_maps
-from pipelines.images import encoded_size
+from pipelines.images import decode_image_safely, encoded_size
 from pipelines.rng import sample_generator
 from pipelines.sample import Sample, guarded
 
@@ -145,10 +145,7 @@ def draw_sample(stage: "DeviceStage", sample: Sample, *, cut: bool = False) -> S
 
 
 def _decoded(sample: Sample) -> Sample:
-    from torchvision.io import ImageReadMode, decode_image
-
-    data = torch.frombuffer(bytearray(sample["image_bytes"]), dtype=torch.uint8)
-    return {**sample, "image": decode_image(data, mode=ImageReadMode.RGB)}  # (3, H, W) uint8
+    return {**sample, "image": decode_image_safely(sample["image_bytes"])}  # (3, H, W) uint8
 
 
 def _cut(stage: "DeviceStage", aug: Any, sample: Mapping[str, Any], out: dict[str, Any], draws: dict[str, Tensor],

@@ -19,7 +19,7 @@ from torch import Tensor
 from pipelines.sample import Sample, guarded
 
 __all__ = ["decode_images", "decode_maps", "read_depth_png", "read_label_png", "decode_jpeg_batch", "encoded_size",
-           "IMAGE_KEYS"]
+           "decode_image_safely", "image_kind", "IMAGE_KEYS"]
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 
@@ -48,18 +48,52 @@ def decode_images(*, keys: Sequence[str] = IMAGE_KEYS, on: str = "worker") -> Ca
         raise ValueError(f"on must be 'worker' or 'device', got {on!r}")
 
     def decode(sample: Sample) -> Sample:
-        from torchvision.io import ImageReadMode, decode_image
-
         entry = _entry(sample, keys)
         out = {k: v for k, v in sample.items() if k != entry}
         if on == "device":
             out["image_bytes"] = bytes(sample[entry])
             out["image_size"] = torch.tensor(encoded_size(out["image_bytes"]))
             return out
-        out["image"] = decode_image(_as_tensor(sample[entry]), mode=ImageReadMode.RGB)  # (3, H, W) uint8
+        out["image"] = decode_image_safely(sample[entry])  # (3, H, W) uint8
         return out
 
     return guarded(decode, what="decode_images")
+
+
+def image_kind(data: bytes) -> str:
+    """What the bytes are, from their magic number: "jpeg", "png", "webp", "gif", "bmp" or "unknown"."""
+    head = bytes(data[:12])
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "gif"
+    return "bmp" if head[:2] == b"BM" else "unknown"
+
+
+def decode_image_safely(data: bytes) -> Tensor:
+    """An encoded image as uint8 (3, H, W), decoded so that broken bytes raise instead of crashing the process.
+
+    JPEG goes through torchvision (libjpeg-turbo, fast, raises on broken data); everything else through PIL:
+    torchvision's PNG decoder ends the process with a segmentation fault on some corrupt files (libpng's error
+    handler), where PIL raises. Bytes that are no image at all are refused by their magic number, whatever the
+    member's extension says.
+    """
+    kind = image_kind(data)
+    if kind == "unknown":
+        raise ValueError(f"not an image (starts with {bytes(data[:8])!r})")
+    if kind == "jpeg":
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        return decode_jpeg(_as_tensor(data), mode=ImageReadMode.RGB)
+    from PIL import Image
+
+    with Image.open(io.BytesIO(bytes(data))) as img:
+        rgb = np.asarray(img.convert("RGB"))  # (H, W, 3); raises on truncated or corrupt data
+    return torch.from_numpy(rgb.copy()).permute(2, 0, 1).contiguous()  # (H, W, 3) -> (3, H, W)
 
 
 def encoded_size(data: bytes) -> tuple[int, int]:
@@ -117,7 +151,7 @@ def decode_jpeg_batch(data: Sequence[bytes], device: torch.device | str) -> list
 
     Non-JPEG entries (PNG, WebP) decode on the CPU and are moved, since nvjpeg reads only JPEG.
     """
-    from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+    from torchvision.io import ImageReadMode, decode_jpeg
 
     device = torch.device(device)
     tensors = [_as_tensor(d) for d in data]
@@ -130,5 +164,5 @@ def decode_jpeg_batch(data: Sequence[bytes], device: torch.device | str) -> list
             out[i] = img
     for i, img in enumerate(out):
         if img is None:
-            out[i] = decode_image(tensors[i], mode=ImageReadMode.RGB).to(device)
+            out[i] = decode_image_safely(data[i]).to(device)
     return out  # type: ignore[return-value]

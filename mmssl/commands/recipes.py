@@ -14,6 +14,10 @@ MODALITIES = ("image", "video", "audio", "multimodal")
 
 def _pretrain(args: argparse.Namespace) -> int:
     if args.nproc > 1:  # a shortcut for torchrun on one machine
+        from recipes.pretrain import check_config, load_run_config
+
+        # checked here first: a mistake is one line, not one per process and a launcher's traceback after them
+        check_config(load_run_config(args.config, args.modality, list(args.overrides), tiny=args.tiny))
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={args.nproc}", "-m",
                "recipes.pretrain", "--config", args.config, "--modality", args.modality]
         cmd += ["--resume", args.resume] if args.resume else []

@@ -140,3 +140,53 @@ def test_an_unwritable_shard_folder_is_one_line(capsys, tmp_path):
     code, err = run(capsys, ["shard", str(src), str(tmp_path / "a-file" / "out"), "--quiet"])
     assert code == 2
     one_line(err, "cannot write", "a-file", "writable OUT folder")
+
+
+def test_a_typo_with_nproc_2_is_one_line_before_any_process_starts(capsys, shards, tmp_path):
+    code, err = run(capsys, args(shards, tmp_path, "data.train.sourc=x") + ["--nproc", "2"])
+    assert code == 2
+    one_line(err, "'data.train.sourc'", "Did you mean 'source'")
+    assert not tmp_path.joinpath("mae_tiny").exists() and not list(tmp_path.glob("mae_tiny-*"))
+
+
+def test_corrupt_and_mislabelled_images_are_counted_skips_not_crashes(tmp_path):
+    """Flipped bytes in a PNG crashed the worker inside libpng (SIGSEGV); a JPEG named .png or bytes that are no
+    image at all must be decoded by what they are or skipped, naming the shard and key."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from pipelines.images import decode_images
+    from pipelines.loader import StreamLoader
+    from pipelines.sharding.writer import ShardWriter
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    png, jpg = io.BytesIO(), io.BytesIO()
+    Image.fromarray(pixels).save(png, format="PNG")
+    Image.fromarray(pixels).save(jpg, format="JPEG")
+    members = {}
+    for i in range(6):  # PNGs with 256 bytes overwritten in the compressed data: libpng's error path
+        broken = bytearray(png.getvalue())
+        at = int(np.random.default_rng(i).integers(100, len(broken) - 300))
+        broken[at:at + 256] = bytes(np.random.default_rng(i).integers(0, 256, 256, dtype=np.uint8))
+        members[f"bad{i}"] = {"png": bytes(broken)}
+    members["html"] = {"jpg": b"<!DOCTYPE html><html>404</html>" * 4}
+    members["mislabelled"] = {"png": jpg.getvalue()}  # a JPEG under a .png name: decoded as what it is
+    for i in range(8):
+        members[f"good{i}"] = {"png": png.getvalue()}
+    shard = tmp_path / "s-000.tar"
+    writer = ShardWriter(shard)
+    for key, files in members.items():
+        writer.add(key, files)
+    entry = writer.close()
+    (tmp_path / "index.json").write_text(json.dumps({"shards": [entry], "samples": len(members)}))
+    loader = StreamLoader(str(tmp_path), batch_size=len(members), stages=[decode_images()], shuffle_window=0,
+                          num_workers=1, max_skip_fraction=0.6, drop_last=False)
+    batch = next(iter(loader))  # a segmentation fault in the worker would end the test here
+    assert batch["__size__"] >= 9  # the good PNGs and the mislabelled JPEG
+    skipped = {key: reason for _, key, reason in batch["__skipped__"]}
+    assert "html" in skipped and "not an image" in skipped["html"]
+    assert "mislabelled" not in skipped and all(k.startswith(("bad", "html")) for k in skipped)
+    assert all("decode_images" in r for r in skipped.values()) and len(skipped) >= 2
