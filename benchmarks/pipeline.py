@@ -35,7 +35,7 @@ import tempfile
 import time
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -250,15 +250,17 @@ def loader(dataset, batch: int, workers: int, **kw):
 
 # -- ours --------------------------------------------------------------------------------------------------------
 
-def ours(kind: str, index: Path, *, batch: int, workers: int, device: torch.device, repeats: int):
-    """The recipe's feed for the shipped config of `kind`, reading `index` (`build_run`, as `mmssl pretrain`)."""
+def ours(kind: str, index: Path, *, batch: int, workers: int, device: torch.device, repeats: int | None = None,
+         extra: Sequence[str] = ()):
+    """The recipe's feed for the shipped config of `kind`, reading `index` (`build_run`, as `mmssl pretrain`), with
+    `repeats` clips per video and `extra` overrides (other decode stages)."""
     from recipes.pretrain import build_run, load_run_config
 
     overrides = [f"data.train.source={index}", f"data.train.batch_size={batch}", f"data.train.num_workers={workers}",
                  "data.train.shuffle_window=64", "data.train.max_skip_fraction=0.0", f"train.device={device.type}"]
-    if kind == "video":
+    if kind == "video" and repeats:
         overrides.append(f"data.train.stages.0.clips={repeats}")
-    return build_run(load_run_config(CONFIGS[kind], None, overrides)).feed
+    return build_run(load_run_config(CONFIGS[kind], None, [*overrides, *extra])).feed
 
 
 COUNT = {"video": lambda b: b["video"].batch_size, "image": lambda b: b["views"][0].batch_size,
@@ -372,11 +374,7 @@ def gpu_paths(results: dict, idx: dict, workers: int, device: torch.device) -> N
 def _override_rate(kind: str, index: Path, extra: list[str], batch: int, workers: int, device: torch.device, *,
                    seconds: float = 20.0) -> float:
     """Items/s of the shipped config of `kind` with `extra` overrides (other decode stages), over `seconds`."""
-    from recipes.pretrain import build_run, load_run_config
-
-    overrides = [f"data.train.source={index}", f"data.train.batch_size={batch}", f"data.train.num_workers={workers}",
-                 "data.train.shuffle_window=64", f"train.device={device.type}", *extra]
-    feed = build_run(load_run_config(CONFIGS[kind], None, overrides)).feed
+    feed = ours(kind, index, batch=batch, workers=workers, device=device, extra=extra)
     count, done, start = COUNT[kind], 0, time.perf_counter()
     try:
         while time.perf_counter() - start < seconds:

@@ -309,17 +309,10 @@ class Augment:
                 return self.apply(x.clone(), draws, flipped=flipped)
             x = x.float() / 255.0 if x.dtype == torch.uint8 else x.clone()
             return self.apply(x, draws, flipped=flipped)
-        from pipelines.resample import resized_crops, stack_padded
+        from pipelines.resample import crop_batch
 
         scale = 1.0 if images[0].is_floating_point() else 1 / 255
-        if isinstance(images, Tensor):
-            x = resized_crops(images, draws["box"].to(images.device), self.size)
-        else:  # one padded batch of the images of any size, then one batched crop
-            lead = images[0].shape[:-3]
-            flat = [img.reshape(-1, *img.shape[-2:]) for img in images]  # (F*3, H_i, W_i)
-            padded, _ = stack_padded(flat)  # (N, F*3, Hmax, Wmax)
-            padded = padded.reshape(len(images), *lead, 3, *padded.shape[-2:])  # (N, [T,] 3, Hmax, Wmax)
-            x = resized_crops(padded, draws["box"].to(padded.device), self.size)
+        x = crop_batch(images, draws["box"].to(images[0].device), self.size)  # the device stage's own crops
         return self.apply(x * scale, draws)
 
 

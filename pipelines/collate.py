@@ -31,22 +31,19 @@ def transfer_empty(shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
 
 def _stack(key: str, values: list[Any]) -> Any:
     first = values[0]
-    if isinstance(first, ClipFrames):  # decoded video: the clips are gathered straight into the batch
+    if isinstance(first, np.ndarray):
+        values = [torch.from_numpy(np.ascontiguousarray(v)) for v in values]
+        first = values[0]
+    if isinstance(first, (torch.Tensor, ClipFrames)):
         shapes = {tuple(v.shape) for v in values}
         if len(shapes) > 1:
             raise ValueError(f"cannot batch {key!r}: samples have shapes {sorted(shapes)}; add a crop/resize stage")
         out = transfer_empty((len(values), *first.shape), first.dtype)
-        for row, v in zip(out, values):
+        if isinstance(first, torch.Tensor):
+            return torch.stack(values, out=out)
+        for row, v in zip(out, values):  # decoded video: the clips are gathered straight into the batch
             v.gather(out=row)
         return out
-    if isinstance(first, np.ndarray):
-        values = [torch.from_numpy(np.ascontiguousarray(v)) for v in values]
-        first = values[0]
-    if isinstance(first, torch.Tensor):
-        shapes = {tuple(v.shape) for v in values}
-        if len(shapes) > 1:
-            raise ValueError(f"cannot batch {key!r}: samples have shapes {sorted(shapes)}; add a crop/resize stage")
-        return torch.stack(values, out=transfer_empty((len(values), *first.shape), first.dtype))
     if isinstance(first, bool):
         return torch.tensor(values, dtype=torch.bool)
     if isinstance(first, int):

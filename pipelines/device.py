@@ -27,33 +27,18 @@ from torch import Tensor
 from mmssl.modalities import Modality, get_modality
 from mmssl.tokens import Tokens
 from pipelines import colour
-from pipelines.augment import Augment, resized_crop, resized_crop_uint8
+from pipelines.augment import Augment, resized_crop
 from pipelines.collate import transfer_empty
-from pipelines.draws import PREFIX, VIEW_FIELDS, draw_batch, has_draws, planner, row_ids
+from pipelines.draws import PREFIX, VIEW_FIELDS, batch_row_ids, clip_source, draw_batch, has_draws, planner
 from pipelines.fbank import Fbank
 from pipelines.images import decode_jpeg_batch
 from pipelines.nvdec import NvdecDecoder
-from pipelines.resample import resized_crops, stack_padded
+from pipelines.resample import crop_batch
 
 __all__ = ["DeviceStage", "MODES", "BOOKKEEPING"]
 
 MODES = ("image", "video", "frames", "audio", "waveform", "multimodal")
 BOOKKEEPING = ("__size__", "__skipped__", "__timing__")  # the loader's entries, kept for its statistics
-Ids = list[tuple[int, int, str]]
-
-
-def _ids(batch: dict[str, Any], repeat: int = 1) -> Ids:
-    """(seed, epoch, key) per row; with repeat k, row j of a sample gets key "{key}/{j}" (its own draws)."""
-    keys = list(batch["__key__"])
-    seeds = _as_list(batch.get("__seed__"), len(keys))
-    epochs = _as_list(batch.get("__epoch__"), len(keys))
-    return [row for s, e, k in zip(seeds, epochs, keys) for row in row_ids(s, e, k, repeat)]
-
-
-def _as_list(value: Any, n: int) -> list[int]:
-    if value is None:
-        return [0] * n
-    return [int(v) for v in (value.tolist() if isinstance(value, Tensor) else value)]
 
 
 def _to(x: Tensor, device: torch.device) -> Tensor:
@@ -70,23 +55,6 @@ def _patched_shape(spec: Modality, x: Tensor) -> tuple[int, int, int]:
     axes = x.shape[-len(spec.patch):]
     channels = 1 if x.dim() == len(spec.patch) + 1 else x.shape[1]
     return (x.shape[0], math.prod(a // p for a, p in zip(axes, spec.patch)), math.prod(spec.patch) * channels)
-
-
-def _crops(images: Tensor | Sequence[Tensor], boxes: Tensor, size: tuple[int, int]) -> Tensor:
-    """Each sample's box (top, left, h, w) of `images` ((B, [T,] 3, H, W) or a list of (3, H_i, W_i)) resized to
-    `size`, antialiased bilinear; uint8 stays uint8 (rounded), float stays float.
-
-    On a GPU: one batched crop of the (padded) batch (`pipelines.resample`). On a CPU, where this runs in the
-    loader's workers, torch's uint8 resampling per sample is an order of magnitude cheaper than those dense
-    products; the two agree to within a grey level.
-    """
-    dtype = images[0].dtype
-    if images[0].is_cuda:
-        padded = images if isinstance(images, Tensor) else stack_padded(list(images))[0]  # (B, 3, Hmax, Wmax)
-        return resized_crops(padded, boxes, size, out_dtype=dtype if dtype == torch.uint8 else torch.float32)
-    rows = [resized_crop_uint8(img, box, size) if dtype == torch.uint8 else resized_crop(img, box, size)
-            for img, box in zip(images, boxes.tolist())]
-    return torch.stack(rows)
 
 
 class DeviceStage:
@@ -180,9 +148,10 @@ class DeviceStage:
     # -- per mode -------------------------------------------------------------------------------------------
 
     def _video(self, batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-        k = self._clips_per_video(batch)
+        k = int(clip_source(self, batch).shape[1])  # (B, k, T, ...)
         out = self._common(batch, k, device)
-        views = [self._clip_view(aug, batch, device) for aug in self.views]  # each (B*k, T, 3, h, w)
+        views = [self._clip_view(aug, batch, self._draws(batch, aug.view, device), device)
+                 for aug in self.views]  # each (B*k, T, 3, h, w)
         if not views:
             frames = self._frames(batch, device)  # (B*k, T, H, W, 3)
             views = [frames.permute(0, 1, 4, 2, 3)]  # -> (B*k, T, 3, H, W), uint8: the cast is fused later
@@ -203,13 +172,6 @@ class DeviceStage:
             out["audio"] = self._spectrogram(wave, _to(batch["audio_len"].reshape(-1), device), None)
         return out
 
-    def _clips_per_video(self, batch: dict[str, Any]) -> int:
-        for key in [f"video.{v.view}" for v in self.views] + ["video", "frame_index"]:
-            if isinstance(batch.get(key), Tensor):
-                return int(batch[key].shape[1])  # (B, k, T, ...)
-        raise KeyError(f"video batch has neither decoded `video`, worker crops nor `mp4` + `frame_index`: "
-                       f"{sorted(batch)}")
-
     def _frames(self, batch: dict[str, Any], device: torch.device) -> Tensor:
         """Whole decoded frames (B*k, T, H, W, 3) uint8: from the workers' decode, or NVDEC's on the device."""
         if "video" in batch:
@@ -219,16 +181,16 @@ class DeviceStage:
             return clips.flatten(0, 1).permute(0, 1, 3, 4, 2)  # -> (B*k, T, H, W, 3), a view
         raise KeyError(f"video batch has neither decoded `video` nor `mp4` + `frame_index`: {sorted(batch)}")
 
-    def _clip_view(self, aug: Augment, batch: dict[str, Any], device: torch.device) -> Tensor:
+    def _clip_view(self, aug: Augment, batch: dict[str, Any], draws: dict[str, Tensor],
+                   device: torch.device) -> Tensor:
         """One augmented view of every clip, (B*k, T, 3, h, w): float in [0, 1], or uint8 for a flip-only view."""
-        draws = self._draws(batch, aug.view, device)
         cut = batch.get(f"video.{aug.view}")
         if cut is not None:  # the workers cut the crops (`crop_clips`); only flip and colour are left
             x = _to(cut, device).flatten(0, 1).permute(0, 1, 4, 2, 3)  # (B*k, T, h, w, 3) -> (B*k, T, 3, h, w)
             flipped = f"video.{aug.view}.flipped" in batch  # the worker drew and applied the flips
             return self._pixels(aug, x, draws, owned=x.data_ptr() != cut.data_ptr(), flipped=flipped)
         frames = self._frames(batch, device).permute(0, 1, 4, 2, 3)  # (B*k, T, H, W, 3) -> (B*k, T, 3, H, W)
-        x = _crops(frames, draws["box"], aug.size)  # (B*k, T, 3, h, w) uint8
+        x = crop_batch(frames, draws["box"], aug.size)  # (B*k, T, 3, h, w) uint8
         return self._pixels(aug, x, draws, owned=True)
 
     def _pixels(self, aug: Augment, x: Tensor, draws: dict[str, Tensor], *, owned: bool,
@@ -265,15 +227,15 @@ class DeviceStage:
     def _image(self, batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
         out = self._common(batch, 1, device)
         spec = self.spec("image")
-        tokens = [self._tokens(spec, self._view(aug, batch, device), self._visible(batch, aug.view, device))
-                  for aug in self.views]
+        tokens = [self._tokens(spec, self._view(aug, batch, self._draws(batch, aug.view, device), device),
+                               self._visible(batch, aug.view, device)) for aug in self.views]
         self._place(out, "image", tokens)
         return out
 
     def _multimodal(self, batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
         aug = self.views[0]
-        rgb = self._view(aug, batch, device)
         draws = self._draws(batch, aug.view, device)
+        rgb = self._view(aug, batch, draws, device)
         out = self._common(batch, 1, device)
         image, depth, semseg = (self.spec(n) for n in ("image", "depth", "semseg"))
         out["image"] = self._tokens(image, rgb, None)
@@ -300,12 +262,11 @@ class DeviceStage:
 
     # -- shared pieces --------------------------------------------------------------------------------------
 
-    def _view(self, aug: Augment, batch: dict[str, Any], device: torch.device) -> Tensor:
+    def _view(self, aug: Augment, batch: dict[str, Any], draws: dict[str, Tensor], device: torch.device) -> Tensor:
         """One augmented view (B, 3, h, w) from pre-cut crops, whole images or JPEG bytes.
 
         Float in [0, 1], except pre-cut uint8 crops of a flip-only view, which stay uint8 (see `_tokens`).
         """
-        draws = self._draws(batch, aug.view, device)
         precut = batch.get(f"image.{aug.view}")
         if precut is not None:
             x = _to(precut, device)
@@ -318,7 +279,7 @@ class DeviceStage:
             images = decode_jpeg_batch(batch["image_bytes"], device)  # one batched nvjpeg decode on CUDA
         else:
             raise KeyError(f"image batch has no `image.{aug.view}`, `image` or `image_bytes`: {sorted(batch)}")
-        x = _crops(images, draws["box"], aug.size)  # (B, 3, h, w), uint8 for decoded images
+        x = crop_batch(images, draws["box"], aug.size)  # (B, 3, h, w), uint8 for decoded images
         return self._pixels(aug, x if x.dtype == torch.uint8 else x.div_(255.0), draws, owned=True)
 
     def _tokens(self, spec: Modality, x: Tensor, visible: Tensor | None, normalize: bool = True) -> Tokens:
@@ -343,7 +304,7 @@ class DeviceStage:
 
     def _common(self, batch: dict[str, Any], repeat: int, device: torch.device) -> dict[str, Any]:
         keys = list(batch["__key__"])
-        out: dict[str, Any] = {"key": [k for k in keys for _ in range(repeat)], "ids": _ids(batch, repeat)}
+        out: dict[str, Any] = {"key": [k for k in keys for _ in range(repeat)], "ids": batch_row_ids(batch, repeat)}
         if "cls" in batch and isinstance(batch["cls"], Tensor):
             out["label"] = _to(batch["cls"], device).repeat_interleave(repeat)
         return out

@@ -29,7 +29,8 @@ from pipelines.sample import Sample, guarded
 if TYPE_CHECKING:
     from pipelines.device import DeviceStage
 
-__all__ = ["PREFIX", "VIEW_FIELDS", "row_ids", "draw_sample", "draw_batch", "has_draws", "planner"]
+__all__ = ["PREFIX", "VIEW_FIELDS", "row_ids", "batch_row_ids", "clip_source", "draw_sample", "draw_batch",
+           "has_draws", "planner"]
 
 PREFIX = "draw."
 VIEW_FIELDS = ("box", "flip", "jitter", "factors", "order", "gray", "blur", "sigma", "solarize")
@@ -43,14 +44,14 @@ def row_ids(seed: int, epoch: int, key: str, rows: int) -> Ids:
     return [(seed, epoch, f"{key}/{j}") for j in range(rows)]
 
 
-def _clips(stage: "DeviceStage", sample: Mapping[str, Any]) -> tuple[int, int]:
-    """(rows, frames per row) of a video sample, from whichever form the workers left it in."""
+def clip_source(stage: "DeviceStage", entries: Mapping[str, Any]) -> Any:
+    """What holds a video sample's (or batch's) clips: worker crops, decoded clips or an NVDEC plan, (k, T, ...)
+    per sample (a batch adds a leading B)."""
     for key in [f"video.{v.view}" for v in stage.views] + ["video", "frame_index"]:
-        value = sample.get(key)
-        if value is not None:
-            return int(value.shape[0]), int(value.shape[1])  # (k, T, ...)
-    raise KeyError(f"video sample {sample.get('__key__')!r} has no decoded clips (`video`), worker crops "
-                   f"(`video.<view>`) or NVDEC plan (`frame_index`)")
+        if entries.get(key) is not None:
+            return entries[key]
+    raise KeyError(f"video sample {entries.get('__key__')!r} has no decoded clips (`video`), worker crops "
+                   f"(`video.<view>`) or NVDEC plan (`frame_index`): {sorted(entries)}")
 
 
 def _source_size(stage: "DeviceStage", sample: Mapping[str, Any]) -> tuple[int, int]:
@@ -120,7 +121,7 @@ def draw_sample(stage: "DeviceStage", sample: Sample, *, cut: bool = False) -> S
     collated, never the whole frames, and samples of different sizes batch.
     """
     video = stage.mode in ("video", "frames")
-    rows, frames = _clips(stage, sample) if video else (1, 1)
+    rows, frames = tuple(int(n) for n in clip_source(stage, sample).shape[:2]) if video else (1, 1)  # (k, T)
     ids = row_ids(int(sample.get("__seed__", 0)), int(sample.get("__epoch__", 0)), str(sample["__key__"]), rows)
     if cut and not video and sample.get("image") is None and sample.get("image_bytes") is not None:
         sample = _decoded(sample)  # bytes meant for nvjpeg, on a CPU: decoded here
@@ -193,19 +194,29 @@ def has_draws(stage: "DeviceStage", batch: Mapping[str, Any]) -> bool:
     return all(k in batch for k in expected(stage))
 
 
-def _as_list(value: Any, n: int, default: Any) -> list:
+def _ints(value: Any, n: int) -> list[int]:
+    """A collated per-sample number (a tensor, a list, or absent: 0) as n ints."""
     if value is None:
-        return [default] * n
-    return list(value.tolist() if isinstance(value, Tensor) else value)
+        return [0] * n
+    return [int(v) for v in (value.tolist() if isinstance(value, Tensor) else value)]
+
+
+def sample_ids(batch: Mapping[str, Any]) -> Ids:
+    """(seed, epoch, key) of each sample of a collated batch."""
+    keys = [str(k) for k in batch["__key__"]]
+    return list(zip(_ints(batch.get("__seed__"), len(keys)), _ints(batch.get("__epoch__"), len(keys)), keys))
+
+
+def batch_row_ids(batch: Mapping[str, Any], rows: int = 1) -> Ids:
+    """(seed, epoch, key) of each row of a collated batch whose samples make `rows` rows each (`row_ids`)."""
+    return [row for s, e, k in sample_ids(batch) for row in row_ids(s, e, k, rows)]
 
 
 def _rows(batch: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
     """The samples of a collated batch, as far as drawing needs them (one dict per sample)."""
     n = len(batch["__key__"])
-    seeds = _as_list(batch.get("__seed__"), n, 0)
-    epochs = _as_list(batch.get("__epoch__"), n, 0)
-    for b in range(n):
-        row = {"__key__": batch["__key__"][b], "__seed__": seeds[b], "__epoch__": epochs[b]}
+    for b, (seed, epoch, key) in enumerate(sample_ids(batch)):
+        row = {"__key__": key, "__seed__": seed, "__epoch__": epoch}
         for key, value in batch.items():
             if not key.startswith("__") and isinstance(value, (Tensor, list)) and len(value) == n:
                 row[key] = value[b]

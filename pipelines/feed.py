@@ -108,7 +108,5 @@ class Feed:
     def close(self) -> None:
         """Stops the prefetch thread and the loader's workers."""
         it, self._it = self._it, None
-        if isinstance(it, DevicePrefetcher):
-            it.close()
-        elif it is not None:
+        if it is not None:  # the prefetcher's thread, or the generator over the loader's workers
             it.close()

@@ -155,7 +155,7 @@ def decode_jpeg_batch(data: Sequence[bytes], device: torch.device | str) -> list
 
     device = torch.device(device)
     tensors = [_as_tensor(d) for d in data]
-    is_jpeg = [bytes(d[:3]) == b"\xff\xd8\xff" for d in data]
+    is_jpeg = [image_kind(d) == "jpeg" for d in data]
     out: list[Tensor | None] = [None] * len(tensors)
     jpegs = [i for i, j in enumerate(is_jpeg) if j]
     if jpegs and device.type == "cuda":

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["axis_weights", "resized_crops", "stack_padded", "ints_to_device"]
+__all__ = ["axis_weights", "resized_crops", "stack_padded", "ints_to_device", "crop_batch"]
 
 
 def _pair(size: int | Sequence[int]) -> tuple[int, int]:
@@ -249,3 +249,26 @@ def stack_padded(images: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
     beyond = torch.arange(w_max, device=device)[None, :] >= ws[:, None]  # (B, W_max)
     batch.masked_fill_(beyond[:, None, None, :], 0)
     return batch, table[:, :2]
+
+
+def crop_batch(images: Tensor | Sequence[Tensor], boxes: Tensor, size: int | Sequence[int]) -> Tensor:
+    """Each sample's box (top, left, h, w) of `images` ((B, [T,] C, H, W) or a list of (C, H_i, W_i)) resized to
+    `size`, antialiased bilinear; uint8 stays uint8 (rounded), float stays float.
+
+    On a GPU: one batched crop of the (padded) batch (`resized_crops`). On a CPU, where it runs in the loader's
+    workers, torch's uint8 resampling per sample is an order of magnitude cheaper than those dense products; the
+    two agree to within a grey level.
+    """
+    from pipelines.augment import resized_crop, resized_crop_uint8
+
+    size, dtype = _pair(size), images[0].dtype
+    if images[0].is_cuda:
+        padded = images
+        if not isinstance(images, Tensor):  # one zero-padded batch; clips (T, C, H, W) pad as T*C planes
+            lead = images[0].shape[:-2]
+            flat, _ = stack_padded([img.reshape(-1, *img.shape[-2:]) for img in images])  # (B, T*C, Hmax, Wmax)
+            padded = flat.reshape(len(images), *lead, *flat.shape[-2:])  # (B, [T,] C, Hmax, Wmax)
+        return resized_crops(padded, boxes, size, out_dtype=dtype if dtype == torch.uint8 else torch.float32)
+    rows = [resized_crop_uint8(img, box, size) if dtype == torch.uint8 else resized_crop(img, box, size)
+            for img, box in zip(images, boxes.tolist())]
+    return torch.stack(rows)

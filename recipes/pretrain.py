@@ -122,6 +122,8 @@ def build_run(cfg: dict[str, Any], *, data: bool = True, batch_size: int | None 
     _threads(train, world, loader.num_workers if loader is not None else 0)
     stage_cfg = cfg["data"].get("device")
     device_stage = instantiate(stage_cfg, where="data.device") if stage_cfg else None
+    if device_stage is not None and hasattr(device_stage, "check"):
+        device_stage.check()  # before the method is built: a mistake costs no model
 
     # -- method, optimiser, schedule, step ------------------------------------------------------------------------
     method = instantiate(cfg["method"], where="method").to(device)
@@ -153,7 +155,6 @@ def build_run(cfg: dict[str, Any], *, data: bool = True, batch_size: int | None 
               step=step, loader=loader, device_stage=device_stage, total=total)
     if device_stage is not None and hasattr(device_stage, "with_mask"):
         device_stage.with_mask(getattr(method, "masking", None))  # the method's masks, drawn in the workers
-        device_stage.check()
     if loader is not None:
         run.feed = Feed(loader, device_stage, device, prefetch=train.prefetch)
     return run

@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+from mmssl.config import ConfigError
+
 __all__ = ["OptimSettings", "TrainSettings"]
 
 
 def _check(where: str, ok: bool, what: str, value: object) -> None:
     if not ok:
-        from mmssl.config import ConfigError
-
         raise ConfigError(f"config key '{where}' must be {what}, got {value!r}")
 
 

@@ -14,7 +14,8 @@ import av
 import numpy as np
 from PIL import Image
 
-__all__ = ["make_video", "make_image", "make_audio", "make_corrupt", "frame_index_of", "video_frame"]
+__all__ = ["make_video", "make_image", "make_image_shards", "make_audio", "make_corrupt", "frame_index_of",
+           "video_frame"]
 
 BLOCK = 16  # side of the block that encodes the frame index
 
@@ -68,6 +69,16 @@ def make_image(path: Path, *, width: int = 96, height: int = 80, seed: int = 0) 
     small = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
     Image.fromarray(small).resize((width, height), Image.BILINEAR).save(path)
     return Path(path)
+
+
+def make_image_shards(root: Path, *, count: int = 24, per_shard: int = 8) -> Path:
+    """`count` 72x64 JPEGs in root/ sharded by the sharding tool into root/shards (`per_shard` each); its path."""
+    from pipelines.sharding.tool import ShardOptions, run_sharding
+
+    for i in range(count):
+        make_image(root / f"{i:02d}.jpg", width=72, height=64, seed=i)
+    run_sharding(root, root / "shards", ShardOptions(samples_per_shard=per_shard), progress=False)
+    return root / "shards"
 
 
 def _tone(seconds: float, freq: float, rate: int = 16000) -> np.ndarray:

@@ -9,19 +9,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/media.py
 
-from media import make_image  # noqa: E402
-
-from pipelines.sharding.tool import ShardOptions, run_sharding  # noqa: E402
+from media import make_image_shards  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def image_shards(tmp_path_factory) -> Path:
-    src = tmp_path_factory.mktemp("imgs")
-    for i in range(24):
-        make_image(src / f"{i:02d}.jpg", width=72, height=64, seed=i)
-    out = src / "shards"
-    run_sharding(src, out, ShardOptions(samples_per_shard=5), progress=False)  # 5 shards
-    return out
+    return make_image_shards(tmp_path_factory.mktemp("imgs"), per_shard=5)  # 5 shards
 
 
 def crop(size: int, view: str = "view0") -> dict:
