@@ -177,7 +177,8 @@ class DeviceStage:
         if "video" in batch:
             return _to(batch["video"], device).flatten(0, 1)  # (B, k, T, H, W, 3) -> (B*k, T, H, W, 3)
         if "mp4" in batch and "frame_index" in batch:
-            clips = self.nvdec(batch["mp4"], batch["frame_index"], batch["keyframes"], device)  # (B, k, T, 3, H, W)
+            clips = self.nvdec(batch["mp4"], batch["frame_index"], batch["keyframes"], device,
+                               rotations=batch.get("rotation"), size=batch.get("resize"))  # (B, k, T, 3, H, W)
             return clips.flatten(0, 1).permute(0, 1, 3, 4, 2)  # -> (B*k, T, H, W, 3), a view
         raise KeyError(f"video batch has neither decoded `video` nor `mp4` + `frame_index`: {sorted(batch)}")
 

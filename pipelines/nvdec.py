@@ -96,16 +96,26 @@ class NvdecDecoder:
         self._consumer: torch.cuda.Stream | None = None
 
     def __call__(self, videos: Sequence[bytes], index: Tensor, keyframes: Sequence[Sequence[int]],
-                 device: torch.device | str) -> Tensor:
-        """Frames (B, k, T, 3, H, W) uint8 on `device` for plans `index` (B, k, T)."""
+                 device: torch.device | str, *, rotations: Sequence[int] | Tensor | None = None,
+                 size: Sequence[int] | Tensor | None = None) -> Tensor:
+        """Frames (B, k, T, 3, H, W) uint8 on `device` for plans `index` (B, k, T).
+
+        `rotations` (clockwise degrees per video, from the probe) turn frames upright as the CPU decoders do;
+        `size` (H, W), the decode stage's, overrides the decoder's own.
+        """
         device = torch.device(device)
         plans = [np.asarray(i) for i in index.cpu().numpy()]
+        turns = [0] * len(plans) if rotations is None else [int(r) // 90 % 4 for r in list(rotations)]
+        if size is not None:
+            size = tuple(int(v) for v in (size[0] if torch.is_tensor(size) and size.dim() == 2 else size))
+        size = size or self.size
         if device.type != "cuda":
-            clips = [self._cpu(v, p) for v, p in zip(videos, plans)]
+            clips = [self._cpu(v, p, size) for v, p in zip(videos, plans)]
         else:
             pool = self._start(device)
             self._consumer = torch.cuda.current_stream(device)
-            clips = list(pool.map(lambda args: self._streamed(*args, device=device), zip(videos, plans, keyframes)))
+            clips = list(pool.map(lambda args: self._streamed(*args, device=device, size=size),
+                                  zip(videos, plans, keyframes, turns)))
         if len({tuple(c.shape) for c in clips}) == 1:
             return torch.stack(clips).to(device)
         # videos of different sizes: one zero-padded batch (each clip's crop box lies inside its own frames)
@@ -114,24 +124,26 @@ class NvdecDecoder:
         padded, _ = stack_padded([c.to(device).flatten(0, 2) for c in clips])  # (B, k*T*3, Hmax, Wmax)
         return padded.reshape(len(clips), *clips[0].shape[:3], *padded.shape[-2:])  # (B, k, T, 3, Hmax, Wmax)
 
-    def _streamed(self, data: bytes, plan: np.ndarray, keyframes: Sequence[int], *, device: torch.device) -> Tensor:
+    def _streamed(self, data: bytes, plan: np.ndarray, keyframes: Sequence[int], turns: int, *,
+                  device: torch.device, size: tuple[int, int] | None) -> Tensor:
         """`_gpu` on this thread's own stream, finished before the caller's stream reads the frames."""
         stream = self._streams.get(threading.get_ident())
         if stream is None:
             stream = self._streams[threading.get_ident()] = torch.cuda.Stream(device)
         with torch.cuda.stream(stream):
-            frames = self._gpu(data, plan, keyframes, device=device)
+            frames = self._gpu(data, plan, keyframes, turns, device=device, size=size)
         stream.synchronize()
         if self._consumer is not None:
             frames.record_stream(self._consumer)
         return frames
 
-    def _cpu(self, data: bytes, plan: np.ndarray) -> Tensor:
+    def _cpu(self, data: bytes, plan: np.ndarray, size: tuple[int, int] | None) -> Tensor:
+        """(k, T, 3, H, W) frames by PyAV, upright (it reads the display matrix itself)."""
         from pipelines.video import _pyav_frames
 
         wanted, where = np.unique(plan, return_inverse=True)
         frames = torch.from_numpy(_pyav_frames(data, wanted, None)).permute(0, 3, 1, 2)  # (N, H, W, 3) -> (N, 3, H, W)
-        frames = resize_cover(frames, self.size)
+        frames = resize_cover(frames, size)
         return frames[torch.from_numpy(where.reshape(plan.shape))]  # (k, T, 3, H, W)
 
     def _start(self, device: torch.device) -> ThreadPoolExecutor:
@@ -142,7 +154,8 @@ class NvdecDecoder:
             self._pool = ThreadPoolExecutor(self.decoders, thread_name_prefix="nvdec")
         return self._pool
 
-    def _gpu(self, data: bytes, plan: np.ndarray, keyframes: Sequence[int], *, device: torch.device) -> Tensor:
+    def _gpu(self, data: bytes, plan: np.ndarray, keyframes: Sequence[int], turns: int, *, device: torch.device,
+             size: tuple[int, int] | None) -> Tensor:
         assert self._slots is not None
         slot = self._slots.get()
         with self._lock:
@@ -165,7 +178,10 @@ class NvdecDecoder:
                 missing = need - set(got)
                 if missing:
                     raise RuntimeError(f"NVDEC returned no frame for indices {sorted(missing)[:5]}")
-                frames = resize_cover(torch.stack([got[i] for i in wanted.tolist()]), self.size)  # (N, 3, H, W)
+                frames = torch.stack([got[i] for i in wanted.tolist()])  # (N, 3, H, W) as stored
+                if turns:  # NVDEC ignores the display matrix: turn clockwise as ffmpeg's autorotate does
+                    frames = torch.rot90(frames, k=-turns, dims=(2, 3))
+                frames = resize_cover(frames, size)
             return frames[torch.from_numpy(where.reshape(plan.shape)).to(frames.device)]  # (k, T, 3, H, W)
         finally:
             self._slots.put(slot)

@@ -10,7 +10,7 @@ import io
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ProbeError", "probe_video", "probe_audio", "probe_image", "probe"]
+__all__ = ["ProbeError", "display_rotation", "has_presentation_times", "probe_video", "probe_audio", "probe_image", "probe"]
 
 
 class ProbeError(Exception):
@@ -26,8 +26,34 @@ def _open(source: Path | bytes):
         raise ProbeError(f"cannot open: {err}") from None
 
 
+# containers whose packets carry presentation times; others (AVI) store frames in decode order with no real pts,
+# and DivX/XviD "packed" B-frames make the pts that demuxing guesses for them wrong
+_STAMPED = ("mov", "mp4", "m4a", "3gp", "3g2", "mj2", "matroska", "webm", "mpegts", "flv", "ogg", "nut")
+
+
+def has_presentation_times(container) -> bool:
+    """Whether a container's packets carry presentation times (MP4, Matroska, ...) rather than decode order."""
+    return any(name in _STAMPED for name in container.format.name.split(","))
+
+
+def display_rotation(frame) -> int:
+    """Clockwise degrees (0, 90, 180, 270) a decoded frame must be turned to be shown upright.
+
+    PyAV gives the display matrix's counterclockwise angle; ffmpeg turns frames by its negative when it
+    autorotates, and so does every decoder here.
+    """
+    angle = float(getattr(frame, "rotation", 0) or 0)
+    return int(round(-angle / 90.0)) % 4 * 90
+
+
 def probe_video(source: Path | bytes) -> dict[str, Any]:
-    """fps, frame count, duration, keyframe indices, size, codec and audio stream of a video."""
+    """fps, frame count, duration, keyframe indices, size, rotation, codec and audio stream of a video.
+
+    Frame i is the i-th frame in presentation order, which is how ffmpeg counts: by presentation time in
+    containers that store it ("order": "pts"), by decode position in those that do not (AVI; "order": "decode",
+    where every packet is one frame and a GOP starts at its keyframe). `width` and `height` are the stored size;
+    `rotation` (clockwise degrees) says how the decoders turn frames for display.
+    """
     import av
 
     with _open(source) as container:
@@ -35,13 +61,15 @@ def probe_video(source: Path | bytes) -> dict[str, Any]:
             raise ProbeError("no video stream")
         stream = container.streams.video[0]
         fps = float(stream.average_rate or stream.guessed_rate or 0)
+        stamped = has_presentation_times(container)
         stamps, key_stamps = [], []
         try:
             # demuxing reads packets without decoding: cheap, and it gives the exact count and the keyframes
             for packet in container.demux(stream):
                 if packet.size == 0:
                     continue
-                stamp = packet.pts if packet.pts is not None else len(stamps)
+                position = len(stamps)
+                stamp = packet.pts if stamped and packet.pts is not None else position
                 stamps.append(stamp)
                 if packet.is_keyframe:
                     key_stamps.append(stamp)
@@ -60,9 +88,11 @@ def probe_video(source: Path | bytes) -> dict[str, Any]:
             a = container.streams.audio[0]
             audio = {"rate": int(a.sample_rate or 0), "channels": int(a.channels or 0), "codec": a.codec_context.name}
         duration = count / fps if fps else float(container.duration or 0) / 1e6
-        return {"fps": fps, "frames": count, "duration": duration, "keyframes": keyframes,
+        info = {"fps": fps, "frames": count, "duration": duration, "keyframes": keyframes,
                 "width": int(stream.codec_context.width), "height": int(stream.codec_context.height),
-                "codec": stream.codec_context.name, "audio": audio}
+                "rotation": display_rotation(first), "order": "pts" if stamped else "decode",
+                "container": container.format.name, "codec": stream.codec_context.name, "audio": audio}
+    return info
 
 
 def probe_audio(source: Path | bytes) -> dict[str, Any]:

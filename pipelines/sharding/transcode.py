@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -131,24 +132,36 @@ def transcode_video(path: Path, *, short_side: int | None = 256, fps: float | No
     """
     import av
 
+    from pipelines.sharding.probe import display_rotation, has_presentation_times
+
     with av.open(str(path)) as container:
         if not container.streams.video:
             raise ValueError("no video stream")
         stream = container.streams.video[0]
         src_rate = stream.average_rate or stream.guessed_rate or Fraction(25)
         rate = Fraction(fps).limit_denominator(1001) if fps else Fraction(src_rate).limit_denominator(1001)
-        size = scaled_size(stream.codec_context.width, stream.codec_context.height, short_side)
+        # AVI stores no presentation times (and packed B-frames get wrong guessed ones): there the decoder's output
+        # order is the presentation order and each frame lasts one source period
+        stamped = has_presentation_times(container)
+        frames = container.decode(stream)
+        first = next(frames, None)
+        if first is None:
+            raise ValueError("no decodable video frame")
+        turns = display_rotation(first) // 90  # baked into the pixels: the output needs no display matrix
+        shown = (stream.codec_context.width, stream.codec_context.height)
+        size = scaled_size(*(shown[::-1] if turns % 2 else shown), short_side)  # (width, height) as displayed
         limit = int(round(chunk_seconds * rate)) if chunk_seconds else None
         writer = _ChunkWriter(size, rate, gop, limit)
         slot = 1 / float(rate)
         emitted, held, last = 0, None, 0.0
-        for frame in container.decode(stream):
-            last = float(frame.time) if frame.time is not None else emitted * slot
+        for count, frame in enumerate(itertools.chain([first], frames)):
+            stamp = frame.time if stamped else None
+            last = float(stamp) if stamp is not None else count / float(src_rate)
             # every output slot before this frame's time shows the frame held from before
             while held is not None and emitted * slot < last - 1e-9:
                 writer.add(held)
                 emitted += 1
-            held = frame.reformat(width=size[0], height=size[1], format="yuv420p")
+            held = _upright_yuv(frame, size, turns)
             held.pict_type = av.video.frame.PictureType.NONE  # drop the source's I-frame flags: our GOP rules
         end = last + 1 / float(src_rate)  # the last source frame lasts one source frame period
         while held is not None and emitted * slot < end - 1e-9:
@@ -168,6 +181,24 @@ def transcode_video(path: Path, *, short_side: int | None = 256, fps: float | No
             flac = _encode_flac(piece) if len(piece) else None
         out.append(VideoChunk(mp4=mp4, flac=flac))
     return out
+
+
+def _upright_yuv(frame, size: tuple[int, int], turns: int):
+    """A decoded frame scaled to the displayed (width, height) `size`, turned clockwise `turns` quarter turns,
+    as limited-range yuv420p for the encoder.
+
+    The range is converted, not only relabelled: a full-range source (MJPEG, RGB VP9) kept its range tag through
+    `reformat`, the encoder wrote no tag, and decoders then read its levels as limited range (7 levels off).
+    """
+    import av
+    from av.video.reformatter import ColorRange
+
+    if turns:
+        stored = size[::-1] if turns % 2 else size
+        pixels = frame.to_ndarray(format="rgb24", width=stored[0], height=stored[1])
+        upright = np.ascontiguousarray(np.rot90(pixels, k=-turns))  # k < 0: clockwise, as ffmpeg autorotates
+        frame = av.VideoFrame.from_ndarray(upright, format="rgb24")
+    return frame.reformat(width=size[0], height=size[1], format="yuv420p", dst_color_range=ColorRange.MPEG)
 
 
 def transcode_image(path: Path, *, short_side: int | None = None, quality: int = 90) -> bytes:

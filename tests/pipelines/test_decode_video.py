@@ -35,7 +35,7 @@ def indices_drawn(video) -> list[list[int]]:
 
 @pytest.mark.parametrize("backend", ["decord", "pyav"])
 def test_decode_clips_returns_the_planned_frames(video, backend):
-    out = run(decode_clips(num_frames=8, stride=4, clips=3, backend=backend), sample_of(video))
+    out = run(decode_clips(size=None, num_frames=8, stride=4, clips=3, backend=backend), sample_of(video))
     assert out["decoder"] == backend
     assert out["video"].shape == (3, 8, 48, 64, 3)
     index = out["frame_index"].tolist()
@@ -48,7 +48,7 @@ def test_decode_clips_returns_the_planned_frames(video, backend):
 
 
 def test_decode_clips_is_keyed_by_sample_and_epoch(video):
-    stage = decode_clips(num_frames=4, stride=2, clips=2, backend="pyav")
+    stage = decode_clips(size=None, num_frames=4, stride=2, clips=2, backend="pyav")
     a, b = run(stage, sample_of(video)), run(stage, sample_of(video))
     assert a["frame_index"].tolist() == b["frame_index"].tolist()
     others = [run(stage, sample_of(video, key=f"k{i}"))["frame_index"].tolist() for i in range(2, 6)]
@@ -74,21 +74,21 @@ def test_frame_pairs_respect_the_gap_range(video):
     assert max(gapped_indices(20, size=2, gap=(4, 48), sets=50, rng=np.random.default_rng(1))[:, 1]) <= 19
     with pytest.raises(PlanError):
         gapped_indices(4, size=2, gap=(4, 48), rng=np.random.default_rng(0))
-    out = run(decode_frame_sets(frames=2, gap=(4, 48), sets=2, backend="pyav"), sample_of(video))
+    out = run(decode_frame_sets(size=None, frames=2, gap=(4, 48), sets=2, backend="pyav"), sample_of(video))
     assert out["video"].shape[:2] == (2, 2)
     assert indices_drawn(out["video"]) == out["frame_index"].tolist()
 
 
 def test_reference_and_target_groups(video):
-    out = run(decode_frame_sets(frames=4, gap=(2, 5), backend="decord"), sample_of(video))
+    out = run(decode_frame_sets(size=None, frames=4, gap=(2, 5), backend="decord"), sample_of(video))
     (group,) = out["frame_index"].tolist()
     assert len(set(np.diff(group).tolist())) == 1 and 2 <= group[1] - group[0] <= 5
     assert indices_drawn(out["video"]) == [group]
 
 
 def test_decord_and_pyav_give_the_same_frames(video):
-    a = run(decode_clips(num_frames=6, stride=5, clips=2, backend="decord"), sample_of(video))
-    b = run(decode_clips(num_frames=6, stride=5, clips=2, backend="pyav"), sample_of(video))
+    a = run(decode_clips(size=None, num_frames=6, stride=5, clips=2, backend="decord"), sample_of(video))
+    b = run(decode_clips(size=None, num_frames=6, stride=5, clips=2, backend="pyav"), sample_of(video))
     diff = (a["video"].gather().float() - b["video"].gather().float()).abs()
     assert diff.mean() < 1.0 and diff.max() <= 8
 
@@ -100,14 +100,20 @@ def test_reduced_resolution_decode(video):
 
 
 def test_json_probe_data_is_used_without_probing(video):
-    meta = {"frames": 30, "fps": 24.0, "width": 64, "height": 48, "keyframes": [0, 12, 24]}
-    out = run(decode_clips(num_frames=4, stride=8, clips=1, backend="pyav"), sample_of(video, json=meta))
+    meta = {"frames": 30, "fps": 24.0, "width": 64, "height": 48, "keyframes": [0, 12, 24], "order": "pts"}
+    out = run(decode_clips(size=None, num_frames=4, stride=8, clips=1, backend="pyav"), sample_of(video, json=meta))
     assert out["frame_index"].max() < 30  # the plan saw the json's frame count, not the file's 100
     assert out["json"] is meta
 
 
+def test_json_from_an_older_probe_is_probed_again(video):
+    meta = {"frames": 30, "fps": 24.0, "width": 64, "height": 48, "keyframes": [0, 12, 24]}  # no frame order
+    out = run(decode_clips(size=None, num_frames=4, stride=30, clips=1, backend="pyav"), sample_of(video, json=meta))
+    assert out["frame_index"].max() > 30  # planned from the file's own 100 frames
+
+
 def test_clip_audio_is_aligned_and_sized(video):
-    out = run(decode_clips(num_frames=8, stride=3, clips=2, backend="pyav", audio=True), sample_of(video))
+    out = run(decode_clips(size=None, num_frames=8, stride=3, clips=2, backend="pyav", audio=True), sample_of(video))
     length = round(22 / 24 * 16000)  # frames first..last+1 at 24 fps
     assert out["audio"].shape == (2, length)
     assert out["audio_len"].tolist() == [length, length]
@@ -115,7 +121,7 @@ def test_clip_audio_is_aligned_and_sized(video):
 
 
 def test_nvdec_backend_only_plans(video):
-    out = run(decode_clips(num_frames=4, stride=2, backend="nvdec"), sample_of(video))
+    out = run(decode_clips(size=None, num_frames=4, stride=2, backend="nvdec"), sample_of(video))
     assert out["mp4"] == video and out["decoder"] == "nvdec" and "video" not in out
     assert out["keyframes"][:3] == [0, 12, 24]
 
@@ -125,7 +131,7 @@ def test_corrupt_videos_become_skip_markers(video, tmp_path):
     samples = [sample_of(video[:1500], key="cut"), sample_of(garbage, key="junk"), sample_of(video, key="ok"),
                {"__key__": "nompeg", "json": {}}]
     for backend in ("decord", "pyav"):
-        outs = list(decode_clips(num_frames=4, stride=2, backend=backend)(iter(samples)))
+        outs = list(decode_clips(size=None, num_frames=4, stride=2, backend=backend)(iter(samples)))
         assert [is_skipped(o) for o in outs] == [True, True, False, True]
         assert all("__skip__" in o and o["__key__"] == s["__key__"] for o, s in zip(outs, samples) if is_skipped(o))
 
@@ -136,7 +142,7 @@ def test_clip_frames_gather_only_what_is_used(video):
     from pipelines.collate import collate
     from pipelines.frames import ClipFrames, clip_of
 
-    out = run(decode_clips(num_frames=6, stride=2, clips=3, backend="pyav"), sample_of(video))
+    out = run(decode_clips(size=None, num_frames=6, stride=2, clips=3, backend="pyav"), sample_of(video))
     frames = out["video"]
     assert isinstance(frames, ClipFrames) and frames.shape == (3, 6, 48, 64, 3)
     assert frames.frames.shape[0] == len(set(out["frame_index"].flatten().tolist()))  # overlapping clips: once each
@@ -147,6 +153,6 @@ def test_clip_frames_gather_only_what_is_used(video):
         assert torch.equal(frames.clip(j), clips[j])
         assert torch.equal(clip_of(frames, j, box), clips[j, :, 5:25, 7:37])
         assert torch.equal(clip_of(clips, j, box), clips[j, :, 5:25, 7:37])
-    batch = collate([out, run(decode_clips(num_frames=6, stride=2, clips=3, backend="pyav"),
+    batch = collate([out, run(decode_clips(size=None, num_frames=6, stride=2, clips=3, backend="pyav"),
                               sample_of(video, key="other"))])
     assert batch["video"].shape == (2, 3, 6, 48, 64, 3) and torch.equal(batch["video"][0], clips)

@@ -76,7 +76,7 @@ def test_device_multi_view_dino_style(jpegs):
 
 def test_device_video_folds_clips_and_masks_tubes(videos):
     samples = [{**loader_fields(i), "mp4": d, "cls": i} for i, d in enumerate(videos)]
-    batch = through([decode_clips(num_frames=4, stride=3, clips=2, backend="pyav")], samples)
+    batch = through([decode_clips(size=None, num_frames=4, stride=3, clips=2, backend="pyav")], samples)
     out = DeviceStage(mode="video", views=[Augment(crop=Crop(size=32))], mask=TubeMask(0.5))(batch, "cpu")
     tokens = out["video"]
     assert tokens.patches.shape == (6, 2 * 2 * 2, 2 * 16 * 16 * 3) and tokens.grid == (2, 2, 2)
@@ -90,7 +90,7 @@ def test_device_video_folds_clips_and_masks_tubes(videos):
 def test_device_video_crops_cut_in_workers_match_device_crops(videos, flip_in_worker):
     samples = [{**loader_fields(i), "mp4": d} for i, d in enumerate(videos)]
     view = Augment(crop=Crop(size=32, scale=(0.3, 1.0)))
-    decode = decode_clips(num_frames=4, stride=3, clips=2, backend="pyav")
+    decode = decode_clips(size=None, num_frames=4, stride=3, clips=2, backend="pyav")
     stage = DeviceStage(mode="video", views=[view], mask=TubeMask(0.5))
     on_device = stage(through([decode], samples), "cpu")["video"]
     cut = crop_clips(view=view) if flip_in_worker else crop_clips(crop=view.crop)
@@ -111,7 +111,7 @@ def test_crop_clips_needs_one_of_crop_or_view():
 
 def test_device_frame_pairs_mask_only_the_later_frame(videos):
     samples = [{**loader_fields(i), "mp4": d} for i, d in enumerate(videos)]
-    batch = through([decode_frame_sets(frames=2, gap=(4, 48), backend="decord")], samples)
+    batch = through([decode_frame_sets(size=None, frames=2, gap=(4, 48), backend="decord")], samples)
     out = DeviceStage(mode="frames", mask=RandomMask(0.5))(batch, "cpu")
     first, second = out["frames"]
     assert first.visible is None and second.visible.shape == (3, 3) and first.grid == (2, 3)
@@ -121,8 +121,8 @@ def test_device_frame_pairs_mask_only_the_later_frame(videos):
 
 def test_nvdec_plans_decode_on_cpu_like_the_worker(videos):
     samples = [{**loader_fields(i), "mp4": d} for i, d in enumerate(videos)]
-    planned = through([decode_clips(num_frames=4, stride=5, clips=2, backend="nvdec")], samples)
-    decoded = through([decode_clips(num_frames=4, stride=5, clips=2, backend="pyav")], samples)
+    planned = through([decode_clips(size=None, num_frames=4, stride=5, clips=2, backend="nvdec")], samples)
+    decoded = through([decode_clips(size=None, num_frames=4, stride=5, clips=2, backend="pyav")], samples)
     stage = DeviceStage(mode="video", views=[Augment(crop=Crop(size=32))])
     assert torch.equal(stage(planned, "cpu")["video"].patches, stage(decoded, "cpu")["video"].patches)
 
@@ -214,7 +214,7 @@ def test_crops_cut_by_the_planner_in_workers_match_the_device_crops(jpegs, video
         stage = DeviceStage(mode="image", views=views, mask=RandomMask(0.5))
     else:
         samples = [{**loader_fields(i), "mp4": d} for i, d in enumerate(videos)]
-        decode = [decode_clips(num_frames=4, stride=3, clips=2, backend="pyav")]
+        decode = [decode_clips(size=None, num_frames=4, stride=3, clips=2, backend="pyav")]
         stage = DeviceStage(mode=mode, views=[Augment(crop=Crop(size=32, scale=(0.3, 1.0)), flip=0.5)],
                             mask=TubeMask(0.5) if mode == "video" else RandomMask(0.5))
     # images of different sizes do not batch: the whole-image reference decodes the bytes in the device stage
