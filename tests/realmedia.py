@@ -1,7 +1,7 @@
 """A folder of videos as varied as real collections, encoded by the ffmpeg command (as cameras and tools do).
 
 Each file has its own size, aspect ratio, container and codec: H.264 with B-frames, HEVC, VP9 in WebM, MJPEG and
-XVID with packed B-frames in AVI, MPEG-4 in Matroska, a phone-style clip with rotation metadata, and one at a
+XVID with packed B-frames in AVI, MPEG-4 and 10-bit HEVC in Matroska, a phone-style clip with rotation metadata, and one at a
 variable frame rate. Frame i draws its index into the top-left blocks (`tests.media.video_frame`), so a decoded
 frame can be traced back to its source frame as well as compared with ffmpeg's own decode (`ffmpeg_frames`).
 """
@@ -27,6 +27,8 @@ REAL_VIDEOS: dict[str, tuple[int, int, int, list[str]]] = {
     "h264_bframes.mp4": (176, 144, 60, ["-c:v", "libx264", "-bf", "3", "-g", "24", "-pix_fmt", "yuv420p"]),
     "hevc.mp4": (320, 240, 48, ["-c:v", "libx265", "-x265-params", "log-level=error:bframes=4:keyint=20",
                                 "-pix_fmt", "yuv420p", "-tag:v", "hvc1"]),
+    "hevc_10bit.mkv": (272, 160, 30, ["-c:v", "libx265", "-x265-params", "log-level=error:keyint=15",
+                                      "-pix_fmt", "yuv420p10le"]),
     "vp9.webm": (256, 144, 48, ["-c:v", "libvpx-vp9", "-g", "16", "-deadline", "realtime", "-cpu-used", "8",
                                 "-b:v", "800k"]),
     "mjpeg.avi": (240, 180, 40, ["-c:v", "mjpeg", "-q:v", "3", "-pix_fmt", "yuvj420p"]),

@@ -52,8 +52,10 @@ def test_decoded_frames_are_ffmpegs(videos, name: str, backend: str) -> None:
     want = reference[index[0]]
     assert got.shape == want.shape, "rotated files come out upright, as ffmpeg shows them"
     error = np.abs(got.astype(np.float64) - want).mean(axis=(1, 2, 3))  # per frame, 8-bit levels
-    # both decode the same bitstream with the same FFmpeg decoders; what remains is the YUV -> RGB rounding
-    assert error.max() <= 0.5, f"{name} via {out['decoder']}: mean abs difference per frame {error.round(2)}"
+    # both decode the same bitstream with the same FFmpeg decoders; what remains is the YUV -> RGB rounding. A
+    # 10-bit source is also cut to 8 bits, and ffmpeg's command dithers where PyAV's scaler rounds: up to a level
+    bound = 1.0 if "10bit" in name else 0.5
+    assert error.max() <= bound, f"{name} via {out['decoder']}: mean abs difference per frame {error.round(2)}"
     if name in ("hevc.mp4", "mpeg4.mkv") or name.endswith(".avi"):
         assert out["decoder"] == "pyav"  # decord's seeks give wrong frames here: such files go to PyAV
 
