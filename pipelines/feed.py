@@ -8,7 +8,8 @@ device stage (batched tensor work), the same for the recipe and every benchmark:
   (`pipelines.prefetch`), so the step's launches never queue behind H2D copies, nvjpeg or NVDEC;
 - on a CPU the loader runs the device stage in its workers on each worker's batch (`batch_stage`): there is no
   device to hand the work to, and the training process keeps its cores for the step.
-Batches whose samples were all skipped are passed over. `state_dict()` is the loader position just after the
+Batches whose samples were all skipped are passed over (the loader's stats count their samples against the skip
+budget; an epoch with no usable batch at all is a DataError). `state_dict()` is the loader position just after the
 last batch handed out (not the one the workers or the prefetch thread have reached), so a checkpoint resumes
 exactly. `waited_s` is the time the consumer spent waiting for batches: the step's data wait.
 """
@@ -22,6 +23,7 @@ from typing import Any, Iterator
 import torch
 
 from pipelines.prefetch import DevicePrefetcher
+from pipelines.stats import DataError
 
 __all__ = ["Feed"]
 
@@ -66,7 +68,8 @@ class Feed:
                 made += 1
                 yield batch, position
             if made == 0:
-                raise RuntimeError(f"the loader made no usable batch in a whole epoch: {self.loader.stats.summary()}")
+                raise DataError(f"the loader made no usable batch in a whole epoch: "
+                                f"{self.loader.stats.summary(timing=False)}")
 
     def _make(self, item: tuple[dict, dict], device: torch.device) -> tuple[dict, dict]:
         batch, position = item

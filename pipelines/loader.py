@@ -3,7 +3,8 @@
 What it guarantees (see `pipelines.order`): global batch b is the same set of samples in the same order for any
 number of ranks and workers; every rank yields the same number of batches per epoch; `state_dict()` is
 {seed, epoch, samples_consumed} and restoring it continues the identical stream, also with another world size or
-worker count; bad samples are skipped and counted, never silently dropped, never slept on.
+worker count; bad samples are skipped and counted, never silently dropped, never slept on, against one skip
+budget for the whole run (`pipelines.stats`); with `verify`, shards are checked against their index's sha256.
 
 Workers run the stages (CPU only), one torch thread each: the workers are the parallelism, and a worker using
 every core's threads oversubscribes the machine (14 workers x 16 threads on a 16-core host) and slows every one.
@@ -82,11 +83,11 @@ class _Epoch(IterableDataset):
 
     def __init__(self, shards: ShardList, order: EpochOrder, stages: Sequence[Stage], *, global_batch: int,
                  rank: int, world: int, start: int, drop_last: bool, seed: int,
-                 batch_stage: BatchStage | None = None) -> None:
+                 batch_stage: BatchStage | None = None, verify: bool = False) -> None:
         self.shards, self.order, self.stages = shards, order, list(stages)
         self.global_batch, self.rank, self.world = global_batch, rank, world
         self.start, self.drop_last, self.seed = start, drop_last, seed
-        self.batch_stage = batch_stage
+        self.batch_stage, self.verify = batch_stage, verify
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
@@ -124,7 +125,7 @@ class _Epoch(IterableDataset):
         bounds = np.flatnonzero(np.diff(positions // window)) + 1  # where a new shuffle window starts
         groups = np.split(np.arange(len(positions)), bounds)
         needed = (int(s) for g in groups for s in np.sort(stream_idx[g]))
-        reader = read_stream(self.shards, order, needed, timer)
+        reader = read_stream(self.shards, order, needed, timer, verify=self.verify)
         held: dict[int, Sample] = {}
         for g in groups:
             # the window's samples arrive in stream order; hold them until all are there, then emit by position
@@ -190,7 +191,7 @@ def run_epoch(loader: Any, data: IterableDataset) -> Iterator[dict]:
     the worker settings).
     """
     if loader.samples_consumed == 0:
-        loader.stats.reset()
+        loader.stats.start_epoch()  # the budget keeps the run's counts; this only marks the epoch's log line
     for batch, waited in worker_batches(data, num_workers=loader.num_workers, start_method=loader.start_method,
                                         prefetch_factor=loader.prefetch_factor, pin_memory=loader.pin_memory,
                                         seed=loader.seed):
@@ -199,7 +200,7 @@ def run_epoch(loader: Any, data: IterableDataset) -> Iterator[dict]:
         loader.samples_consumed += loader.batch_size
         yield batch
     if len(loader) <= 0:
-        log.info("epoch %d: %s", loader.epoch, loader.stats.summary())
+        loader.stats.end_epoch(loader.epoch)
         loader.epoch, loader.samples_consumed = loader.epoch + 1, 0
 
 
@@ -217,10 +218,14 @@ class StreamLoader:
         shuffle_window: samples per shuffle window (a buffer of encoded samples); 0 keeps the shard order.
         shuffle_shards: permute shards every epoch.
         drop_last: training drops the last partial global batch; evaluation (False) reads every sample once.
-        max_skip_fraction: stop with a DataError when more samples than this are skipped.
+        max_skip_fraction: the run's skip budget: stop with a DataError once more than this share of the samples
+            read in the whole run (all epochs, all ranks) was skipped; see `pipelines.stats.over_budget`.
         pin_memory: pin batches for fast host-to-device copies.
         prefetch_factor: batches each worker prepares ahead.
         start_method: worker start method; default fork (stages are closures; workers never touch CUDA).
+        verify: check each shard's sha256 against index.json before using its samples; the samples of a shard
+            that does not match are counted skips naming it. Costs one full read of every shard a worker reads
+            from (see `pipelines.shards.open_verified`); shards without a sha256 are read unchecked.
 
     Attributes:
         batch_stage: a function run on each collated batch where it is made (in the worker), e.g. the device
@@ -231,7 +236,7 @@ class StreamLoader:
                  rank: int | None = None, world_size: int | None = None, num_workers: int = 0,
                  shuffle_window: int = 1000, shuffle_shards: bool = True, drop_last: bool = True,
                  max_skip_fraction: float = 0.1, pin_memory: bool = False, prefetch_factor: int = 2,
-                 start_method: str | None = None) -> None:
+                 start_method: str | None = None, verify: bool = False) -> None:
         dist = torch.distributed.is_available() and torch.distributed.is_initialized()
         self.rank = rank if rank is not None else (torch.distributed.get_rank() if dist else 0)
         self.world_size = world_size if world_size is not None else (
@@ -245,9 +250,11 @@ class StreamLoader:
         self.batch_size, self.stages, self.seed = batch_size, list(stages), seed
         self.num_workers, self.shuffle_window, self.shuffle_shards = num_workers, shuffle_window, shuffle_shards
         self.drop_last, self.pin_memory, self.prefetch_factor = drop_last, pin_memory, prefetch_factor
-        self.start_method = start_method
+        self.start_method, self.verify = start_method, verify
+        if verify:
+            _warn_unverifiable(self.shards)
         self.batch_stage: BatchStage | None = None
-        self.stats = LoaderStats(max_skip_fraction=max_skip_fraction)
+        self.stats = LoaderStats(max_skip_fraction=max_skip_fraction, world_size=self.world_size)
         self.epoch, self.samples_consumed = 0, 0
         if num_batches(self.shards.total, batch_size, drop_last=drop_last) == 0:
             raise ValueError(f"{self.shards.total} samples make no full global batch of {batch_size}")
@@ -274,5 +281,13 @@ class StreamLoader:
             self.epoch, self.samples_consumed = self.epoch + 1, 0
         data = _Epoch(self.shards, self._order(), self.stages, global_batch=self.batch_size, rank=self.rank,
                       world=self.world_size, start=self.samples_consumed // self.batch_size,
-                      drop_last=self.drop_last, seed=self.seed, batch_stage=self.batch_stage)
+                      drop_last=self.drop_last, seed=self.seed, batch_stage=self.batch_stage, verify=self.verify)
         yield from run_epoch(self, data)
+
+
+def _warn_unverifiable(shards: ShardList) -> None:
+    """One warning for the shards `verify` cannot check: their index gives no sha256 (or there is no index)."""
+    missing = [u for i, u in enumerate(shards.urls) if shards.digest(i) is None]
+    if missing:
+        log.warning("verify: %d of the %d shards have no sha256 in an index.json (%s%s); they are read unchecked",
+                    len(missing), len(shards.urls), missing[0], " and more" if len(missing) > 1 else "")

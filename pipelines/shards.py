@@ -3,35 +3,47 @@
 Local paths are opened directly (seekable: tar members that are not needed are skipped without reading them);
 `pipe:` commands and http(s)/gs URLs go through webdataset's `gopen`; other URL schemes (s3://, az://, ...) through
 fsspec when it is installed. Exact per-shard sample counts come from index.json; without one they are counted
-by reading the shards once (with a warning).
+by reading the shards once (with a warning). index.json also holds each shard's sha256, which `open_verified`
+checks before a shard's samples are used (the loader's `verify` option).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import tarfile
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Sequence
 
-__all__ = ["ShardList", "resolve_shards", "open_shard", "is_local", "check_shards"]
+__all__ = ["ShardList", "resolve_shards", "open_shard", "open_verified", "ShardDigestError", "is_local",
+           "check_shards"]
 
 log = logging.getLogger(__name__)
 _GOPEN_SCHEMES = ("pipe:", "http://", "https://", "gs://", "ais://", "sftp://", "scp://", "hf://")
+_BLOCK = 1 << 20
+_SPOOL_BYTES = 64 << 20  # a streamed shard is held in memory up to this size, then spilled to a temporary file
 
 
 @dataclass(frozen=True)
 class ShardList:
-    """Shard URLs with exact sample counts, and the index metadata (classes, modality) when there is one."""
+    """Shard URLs with exact sample counts, the index metadata (classes, modality) and the shards' sha256 digests
+    when there is an index (`digests` is empty, or holds None for a shard, where the index gives none)."""
 
     urls: tuple[str, ...]
     counts: tuple[int, ...]
     meta: dict
+    digests: tuple[str | None, ...] = ()
 
     @property
     def total(self) -> int:
         return sum(self.counts)
+
+    def digest(self, i: int) -> str | None:
+        """The sha256 (hex) index.json gives shard `i`, or None."""
+        return self.digests[i] if i < len(self.digests) else None
 
 
 def is_local(url: str) -> bool:
@@ -51,6 +63,51 @@ def open_shard(url: str) -> IO[bytes]:
     except ImportError:
         raise ValueError(f"cannot open {url}: install fsspec for this URL scheme, or use a pipe: command") from None
     return fsspec.open(url, "rb").open()
+
+
+class ShardDigestError(ValueError):
+    """A shard's bytes do not hash to the sha256 its index gives: the shard is corrupt."""
+
+    def __init__(self, url: str, expected: str, got: str) -> None:
+        super().__init__(f"sha256 mismatch: shard {url} (expected {expected}, got {got}): the shard is corrupt; "
+                         f"delete it and rebuild it with mmssl shard --resume, or re-download it")
+        self.url, self.expected, self.got = url, expected, got
+
+
+def open_verified(url: str, expected: str) -> IO[bytes]:
+    """A seekable binary stream of the shard at `url`, once all its bytes were hashed and matched `expected`.
+
+    The whole shard is hashed before any of it is handed out, because a sample used before the digest is known
+    cannot be taken back. The cost is one read of the shard: a local file is hashed through and then rewound
+    (the members read after it come from the page cache the hash just filled); a stream (pipe:, http, s3...)
+    cannot be rewound, so its bytes are copied while they are hashed into a spool (memory up to 64 MiB, a
+    temporary file beyond) and read from there.
+
+    Raises:
+        ShardDigestError: the digest differs (the stream is closed).
+    """
+    digest = hashlib.sha256()
+    local = is_local(url)
+    out: IO[bytes] = open(url.removeprefix("file:"), "rb") if local else tempfile.SpooledTemporaryFile(_SPOOL_BYTES)
+    try:
+        source = out if local else open_shard(url)
+        try:
+            for block in iter(lambda: source.read(_BLOCK), b""):
+                digest.update(block)
+                if not local:
+                    out.write(block)
+        finally:
+            if not local:
+                source.close()
+    except BaseException:
+        out.close()
+        raise
+    got = digest.hexdigest()
+    if got != expected:
+        out.close()
+        raise ShardDigestError(url, expected, got)
+    out.seek(0)
+    return out
 
 
 def check_shards(shards: ShardList) -> None:
@@ -87,7 +144,8 @@ def _from_index(url: str) -> ShardList:
     base = url.rsplit("/", 1)[0] if "/" in url else ""
     shards = index.get("shards", [])
     meta = {k: v for k, v in index.items() if k != "shards"}
-    return ShardList(tuple(_join(base, s["name"]) for s in shards), tuple(int(s["samples"]) for s in shards), meta)
+    return ShardList(tuple(_join(base, s["name"]) for s in shards), tuple(int(s["samples"]) for s in shards), meta,
+                     tuple(s.get("sha256") or None for s in shards))
 
 
 def _count(url: str) -> int:
@@ -121,9 +179,10 @@ def resolve_shards(source: str | Path | Sequence[str]) -> ShardList:
     if not urls[0].startswith("pipe:"):  # a pipe command has no folder to look for an index in
         try:
             beside = _from_index(_join(base, "index.json"))
-            known = dict(zip(beside.urls, beside.counts))
+            known = dict(zip(beside.urls, range(len(beside.urls))))
             if all(u in known for u in urls):
-                return ShardList(tuple(urls), tuple(known[u] for u in urls), beside.meta)
+                return ShardList(tuple(urls), tuple(beside.counts[known[u]] for u in urls), beside.meta,
+                                 tuple(beside.digest(known[u]) for u in urls))
         except FileNotFoundError:
             pass
     for u in urls:

@@ -33,7 +33,7 @@ from pipelines.clips import clip_indices, gapped_indices
 from pipelines.frames import ClipFrames
 from pipelines.rng import sample_rng
 from pipelines.sample import Sample, guarded
-from pipelines.sharding.probe import display_rotation, has_presentation_times, probe_video
+from pipelines.sharding.probe import display_indices, display_rotation, has_presentation_times, probe_video
 
 __all__ = ["decode_clips", "decode_frame_sets", "decode_frames", "cover_size", "display_size", "video_member",
            "BACKENDS", "VIDEO_EXTS", "DEFAULT_SIZE"]
@@ -129,13 +129,11 @@ def _pyav_frames(data: bytes, wanted: np.ndarray, scaled: tuple[int, int] | None
         stream.codec_context.thread_count = 1  # one worker, one thread: workers are the parallelism
         stamped = has_presentation_times(container)
         packets = [p for p in container.demux(stream) if p.size]  # decode order
-        if stamped and all(p.pts is not None for p in packets):
-            rank = {pts: i for i, pts in enumerate(sorted(p.pts for p in packets))}
-            shown = [rank[p.pts] for p in packets]  # display index of each packet's frame
-        else:
-            rank, shown = {}, list(range(len(packets)))
-        if int(wanted[-1]) >= len(packets):
-            raise ValueError(f"frame {int(wanted[-1])} requested but the stream has {len(packets)} frames")
+        shown, count = display_indices(packets, stamped)  # display index of each packet's frame
+        timed = stamped and all(p.pts is not None for p in packets)
+        rank = {p.pts: i for p, i in zip(packets, shown)} if timed else {}  # an output frame's pts -> its index
+        if int(wanted[-1]) >= count:
+            raise ValueError(f"frame {int(wanted[-1])} requested but the stream has {count} frames")
         keys = [(shown[pos], pos) for pos, p in enumerate(packets) if p.is_keyframe]
         if not keys:
             raise ValueError("no keyframe in the stream")
@@ -180,11 +178,12 @@ def _backend_for(backend: str, meta: dict[str, Any]) -> str:
 
     decord's seeks were checked against ffmpeg's decode on files made by ffmpeg: exact for H.264 (B-frames, VFR,
     rotated), VP9 and MJPEG in containers with presentation times; frames off after a seek for HEVC with open GOPs,
-    MPEG-4 Part 2 with B-frames, and anything in AVI (packed B-frames included).
+    MPEG-4 Part 2 with B-frames, anything in AVI (packed B-frames included), and files with frames an edit list
+    hides (decord shows them).
     """
     if backend == "pyav":
         return "pyav"
-    if meta.get("order", "pts") != "pts" or meta.get("codec", "h264") not in DECORD_CODECS:
+    if meta.get("order", "pts") != "pts" or meta.get("codec", "h264") not in DECORD_CODECS or meta.get("hidden"):
         return "pyav"
     if backend == "auto" and importlib.util.find_spec("decord") is None:
         return "pyav"

@@ -165,6 +165,7 @@ def pretrain(cfg: dict[str, Any], *, resume: str | bool | None = None, run_dir: 
     run = build_run(cfg)
     train, optim, method, step, feed = run.train, run.optim, run.method, run.step, run.feed
     rank, world, total, name = run.rank, run.world, run.total, run.name
+    per_epoch = max(len(run.loader) // optim.accum, 1)  # steps of an epoch (before a resume moves the loader)
 
     # -- run folder, resume ---------------------------------------------------------------------------------------
     out_dir = Path(train.out_dir)
@@ -214,6 +215,7 @@ def pretrain(cfg: dict[str, Any], *, resume: str | bool | None = None, run_dir: 
     t_log, samples, waited = time.perf_counter(), 0, feed.waited_s
     batch = None
     end = min(total, train.stop_after) if train.stop_after else total
+    began = done  # the skip counts start here: an epoch's end is an exact check once a whole epoch was counted
     try:
         while done < end:
             batches = [next(feed) for _ in range(optim.accum)]
@@ -222,7 +224,12 @@ def pretrain(cfg: dict[str, Any], *, resume: str | bool | None = None, run_dir: 
             samples += sum(b.get("__size__", 0) or run.loader.batch_size // world for b in batches)
             done += 1
             bar.update(1)
-            if done % train.log_every == 0 or done == end:
+            log_now = done % train.log_every == 0 or done == end
+            epoch_end = done % per_epoch == 0 and done - began >= per_epoch
+            if log_now or epoch_end:
+                # the run's skip budget, over all ranks: a collective, so at the same steps on every rank
+                feed.stats.check(exact=epoch_end)
+            if log_now:
                 counts = step.drain()
                 step.check(counts, max_nonfinite=train.max_nonfinite, step=done)
                 elapsed = time.perf_counter() - t_log
@@ -241,6 +248,7 @@ def pretrain(cfg: dict[str, Any], *, resume: str | bool | None = None, run_dir: 
     finally:
         bar.close()
         feed.close()
+    data = feed.stats.merged().summary()  # the run's counts over all ranks (a collective: every rank gets here)
 
     # -- the end: checkpoint, figures, summary --------------------------------------------------------------------
     path = checkpoint()
@@ -254,7 +262,7 @@ def pretrain(cfg: dict[str, Any], *, resume: str | bool | None = None, run_dir: 
     waits = [r["data_wait"] for r in history if "data_wait" in r]
     return {"run_dir": str(run_dir), "steps": done, "checkpoint": str(path) if path else None, "method": method,
             "first_loss": losses[0] if losses else math.nan, "last_loss": losses[-1] if losses else math.nan,
-            "data_wait": sum(waits) / len(waits) if waits else math.nan, "data": feed.stats.summary()}
+            "data_wait": sum(waits) / len(waits) if waits else math.nan, "data": data}
 
 
 TINY_OVERRIDES = Path(__file__).resolve().parent / "tiny_overrides.yaml"

@@ -2,7 +2,7 @@
 
 Each file has its own size, aspect ratio, container and codec: H.264 with B-frames, HEVC, VP9 in WebM, MJPEG and
 XVID with packed B-frames in AVI, MPEG-4 and 10-bit HEVC in Matroska, a phone-style clip with rotation metadata, and one at a
-variable frame rate. Frame i draws its index into the top-left blocks (`tests.media.video_frame`), so a decoded
+variable frame rate, and a clip cut without re-encoding (an edit list hides its lead-in). Frame i draws its index into the top-left blocks (`tests.media.video_frame`), so a decoded
 frame can be traced back to its source frame as well as compared with ffmpeg's own decode (`ffmpeg_frames`).
 """
 
@@ -18,7 +18,7 @@ import pytest
 
 from media import video_frame
 
-__all__ = ["REAL_VIDEOS", "make_real_videos", "ffmpeg_frames", "needs_ffmpeg"]
+__all__ = ["REAL_VIDEOS", "CUT_VIDEOS", "ALL_VIDEOS", "make_real_videos", "ffmpeg_frames", "needs_ffmpeg"]
 
 needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs the ffmpeg command (apt ffmpeg)")
 
@@ -42,16 +42,28 @@ REAL_VIDEOS: dict[str, tuple[int, int, int, list[str]]] = {
 }
 
 
+# name -> (source, input options, output options): files cut from another without re-encoding, as editors do;
+# the cut keeps the GOP's lead-in and hides it with an edit list
+CUT_VIDEOS: dict[str, tuple[str, list[str], list[str]]] = {
+    "cut_editlist.mp4": ("h264_bframes.mp4", ["-ss", "0.5"], ["-c", "copy"]),
+}
+ALL_VIDEOS = [*REAL_VIDEOS, *CUT_VIDEOS]
+
+
 def _frames(width: int, height: int, count: int) -> bytes:
     return b"".join(video_frame(i, width, height).tobytes() for i in range(count))
 
 
 def make_real_videos(root: Path, names: list[str] | None = None) -> dict[str, Path]:
-    """Writes the videos of `REAL_VIDEOS` (or the named ones) into root; name -> path."""
+    """Writes the videos of `ALL_VIDEOS` (or the named ones) into root; name -> path."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     out = {}
-    for name in names or list(REAL_VIDEOS):
+    names = names or ALL_VIDEOS
+    for name in [n for n in names if n in CUT_VIDEOS]:  # their sources first
+        if CUT_VIDEOS[name][0] not in names:
+            names = [CUT_VIDEOS[name][0], *names]
+    for name in [n for n in names if n in REAL_VIDEOS]:
         width, height, count, options = REAL_VIDEOS[name]
         source = ["-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", "25", "-i", "-"]
         if name.startswith("vfr"):
@@ -63,6 +75,11 @@ def make_real_videos(root: Path, names: list[str] | None = None) -> dict[str, Pa
         if name.startswith("rotated"):
             _rotate_90(path)
         out[name] = path
+    for name in [n for n in names if n in CUT_VIDEOS]:
+        source, before, after = CUT_VIDEOS[name]
+        subprocess.run(["ffmpeg", "-v", "error", "-y", *before, "-i", str(out[source]), *after, str(root / name)],
+                       check=True)
+        out[name] = root / name
     return out
 
 

@@ -10,7 +10,9 @@ import io
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ProbeError", "display_rotation", "has_presentation_times", "probe_video", "probe_audio", "probe_image", "probe"]
+from pipelines.sharding.checks import check_video, describe_failure, describe_open_failure, source_size
+
+__all__ = ["ProbeError", "display_indices", "display_rotation", "has_presentation_times", "probe_video", "probe_audio", "probe_image", "probe"]
 
 
 class ProbeError(Exception):
@@ -20,10 +22,13 @@ class ProbeError(Exception):
 def _open(source: Path | bytes):
     import av
 
+    # an empty file would only get ffmpeg's "Invalid data found": say what it is (a failed copy or download)
+    if source_size(source) == 0 and (isinstance(source, bytes) or Path(source).is_file()):
+        raise ProbeError("empty file (0 bytes); re-download or re-create it")
     try:
         return av.open(io.BytesIO(source) if isinstance(source, bytes) else str(source))
     except (av.FFmpegError, OSError, ValueError) as err:
-        raise ProbeError(f"cannot open: {err}") from None
+        raise ProbeError(describe_open_failure(source, err)) from None
 
 
 # containers whose packets carry presentation times; others (AVI) store frames in decode order with no real pts,
@@ -34,6 +39,25 @@ _STAMPED = ("mov", "mp4", "m4a", "3gp", "3g2", "mj2", "matroska", "webm", "mpegt
 def has_presentation_times(container) -> bool:
     """Whether a container's packets carry presentation times (MP4, Matroska, ...) rather than decode order."""
     return any(name in _STAMPED for name in container.format.name.split(","))
+
+
+def display_indices(packets: list, stamped: bool) -> tuple[list[int], int]:
+    """The display index of each demuxed packet's frame (decode order in, `packets` without empty ones), and how
+    many frames are shown.
+
+    With presentation times, frame i is the i-th shown pts. Packets an edit list hides (a clip cut with
+    `ffmpeg -ss ... -c copy` keeps the GOP's lead-in, flagged discard) are decoded as references but never shown:
+    they get indices below 0 (or past the end). Without times (AVI) the index is the decode position.
+    """
+    if not stamped or any(p.pts is None for p in packets):
+        return list(range(len(packets))), len(packets)
+    hidden = [bool(getattr(p, "is_discard", False)) for p in packets]
+    shown = sorted(p.pts for p, h in zip(packets, hidden) if not h)
+    if not shown:
+        return list(range(len(packets))), len(packets)
+    lead = sum(1 for p, h in zip(packets, hidden) if h and p.pts < shown[0])  # hidden frames before the first shown
+    rank = {pts: i - lead for i, pts in enumerate(sorted(p.pts for p in packets))}
+    return [rank[p.pts] for p in packets], len(shown)
 
 
 def display_rotation(frame) -> int:
@@ -62,27 +86,20 @@ def probe_video(source: Path | bytes) -> dict[str, Any]:
         stream = container.streams.video[0]
         fps = float(stream.average_rate or stream.guessed_rate or 0)
         stamped = has_presentation_times(container)
-        stamps, key_stamps = [], []
         try:
             # demuxing reads packets without decoding: cheap, and it gives the exact count and the keyframes
-            for packet in container.demux(stream):
-                if packet.size == 0:
-                    continue
-                position = len(stamps)
-                stamp = packet.pts if stamped and packet.pts is not None else position
-                stamps.append(stamp)
-                if packet.is_keyframe:
-                    key_stamps.append(stamp)
+            packets = [p for p in container.demux(stream) if p.size]
             container.seek(0)
             first = next(container.decode(stream), None)
         except (av.FFmpegError, OSError, ValueError) as err:
-            raise ProbeError(f"cannot decode: {err}") from None
-        count = len(stamps)
-        # packets come in decode order; B-frames make it differ from display order, so index keyframes by pts rank
-        rank = {stamp: i for i, stamp in enumerate(sorted(stamps))}
-        keyframes = sorted(rank[s] for s in key_stamps)
+            raise ProbeError(describe_failure(source, err)) from None
+        # packets come in decode order; B-frames make it differ from display order, so index keyframes by display
+        # index; a keyframe an edit list hides is where decoding of the first shown frames starts: frame 0
+        shown, count = display_indices(packets, stamped)
+        keyframes = sorted({min(max(shown[i], 0), count - 1) for i, p in enumerate(packets) if p.is_keyframe})
+        hidden = len(packets) - count
         if first is None or count == 0:
-            raise ProbeError("no decodable video frame")
+            raise ProbeError(describe_failure(source, "no decodable video frame"))
         audio = None
         if container.streams.audio:
             a = container.streams.audio[0]
@@ -91,8 +108,9 @@ def probe_video(source: Path | bytes) -> dict[str, Any]:
         info = {"fps": fps, "frames": count, "duration": duration, "keyframes": keyframes,
                 "width": int(stream.codec_context.width), "height": int(stream.codec_context.height),
                 "rotation": display_rotation(first), "order": "pts" if stamped else "decode",
-                "container": container.format.name, "codec": stream.codec_context.name, "audio": audio}
-    return info
+                "container": container.format.name, "codec": stream.codec_context.name, "audio": audio,
+                "hidden": hidden}
+    return check_video(source, info)
 
 
 def probe_audio(source: Path | bytes) -> dict[str, Any]:
@@ -108,9 +126,9 @@ def probe_audio(source: Path | bytes) -> dict[str, Any]:
             for frame in container.decode(stream):
                 samples += frame.samples
         except (av.FFmpegError, OSError, ValueError) as err:
-            raise ProbeError(f"cannot decode: {err}") from None
+            raise ProbeError(describe_failure(source, err)) from None
         if samples == 0:
-            raise ProbeError("no decodable audio")
+            raise ProbeError(describe_failure(source, "no decodable audio"))
         rate = int(stream.sample_rate)
         return {"rate": rate, "channels": int(stream.channels), "samples": samples, "duration": samples / rate,
                 "codec": stream.codec_context.name}

@@ -61,6 +61,7 @@ def build_samples(item: Item, modality: str, opts: Transcode) -> list[tuple[str,
                      masks=sorted(e for e in files if e.startswith("mask")))
         return [(sample_key(item.rel), {"json": meta, **files})]
     if modality == "video" and opts.enabled:
+        probe_video(item.path)  # the source's own checks first: not a video, truncated, a broken index
         chunks = transcode_video(item.path, short_side=opts.short_side, fps=opts.fps, gop=opts.gop,
                                  chunk_seconds=opts.chunk_seconds, keep_audio=opts.keep_audio)
         out = []
