@@ -25,10 +25,11 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipelines.collate import collate
+from pipelines.crashes import CRASH_REASON, MAX_RESTARTS, InFlight, dead_pids, dead_workers, detach_sigchld
 from pipelines.meta import parse_meta
 from pipelines.order import EpochOrder, batch_slices, num_batches
 from pipelines.reader import ReadTimer, read_stream
-from pipelines.sample import Sample
+from pipelines.sample import Sample, skip
 from pipelines.shards import ShardList, check_shards, resolve_shards
 from pipelines.stats import LoaderStats
 
@@ -83,11 +84,21 @@ class _Epoch(IterableDataset):
 
     def __init__(self, shards: ShardList, order: EpochOrder, stages: Sequence[Stage], *, global_batch: int,
                  rank: int, world: int, start: int, drop_last: bool, seed: int,
-                 batch_stage: BatchStage | None = None, verify: bool = False) -> None:
+                 batch_stage: BatchStage | None = None, verify: bool = False, workers: int = 0,
+                 poisoned: frozenset[int] = frozenset()) -> None:
         self.shards, self.order, self.stages = shards, order, list(stages)
         self.global_batch, self.rank, self.world = global_batch, rank, world
         self.start, self.drop_last, self.seed = start, drop_last, seed
-        self.batch_stage, self.verify = batch_stage, verify
+        self.batch_stage, self.verify, self.workers = batch_stage, verify, workers
+        self.poisoned = poisoned  # positions whose sample crashed a worker: skipped (`pipelines.crashes`)
+        self.inflight = InFlight(workers) if workers else None
+
+    def resumed(self, start: int, poisoned: frozenset[int]) -> "_Epoch":
+        """The same epoch from global batch `start` on, with `poisoned` positions skipped (after a worker died)."""
+        return _Epoch(self.shards, self.order, self.stages, global_batch=self.global_batch, rank=self.rank,
+                      world=self.world, start=start, drop_last=self.drop_last, seed=self.seed,
+                      batch_stage=self.batch_stage, verify=self.verify, workers=self.workers,
+                      poisoned=self.poisoned | poisoned)
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
@@ -96,7 +107,7 @@ class _Epoch(IterableDataset):
                               start=self.start, worker=worker, workers=workers)
         positions = np.concatenate([np.arange(lo, hi) for _, lo, hi in slices] or [np.zeros(0, np.int64)])
         timer, totals = ReadTimer(), defaultdict(float)
-        stream = self._samples(positions, timer)
+        stream = self._samples(positions, timer, worker)
         names = ["parse_meta"] + [getattr(s, "__name__", type(s).__name__) for s in self.stages]
         for name, stage in zip(names, [parse_meta, *self.stages]):
             stream = _Timed(iter(stage(stream)), name, totals)
@@ -117,7 +128,7 @@ class _Epoch(IterableDataset):
             totals.clear()
             yield finish_batch(batch, self.batch_stage)
 
-    def _samples(self, positions: np.ndarray, timer: ReadTimer) -> Iterator[Sample]:
+    def _samples(self, positions: np.ndarray, timer: ReadTimer, worker: int) -> Iterator[Sample]:
         """Samples at `positions` (ascending), read window by window and emitted in position order."""
         order = self.order
         stream_idx = order.stream_index(positions)
@@ -135,7 +146,12 @@ class _Epoch(IterableDataset):
                 held[s] = sample
             for i in g:
                 sample = held.pop(int(stream_idx[i]))
-                sample.update(__index__=int(positions[i]), __seed__=self.seed, __epoch__=order.epoch)
+                position = int(positions[i])
+                sample.update(__index__=position, __seed__=self.seed, __epoch__=order.epoch)
+                if position in self.poisoned:
+                    sample = skip(sample, CRASH_REASON)
+                elif self.inflight is not None:
+                    self.inflight.mark(worker, position)  # the stages run it next: if this worker dies, it did
                 yield sample
 
 
@@ -157,12 +173,19 @@ def worker_batches(data: IterableDataset, *, num_workers: int, start_method: str
     loader = DataLoader(data, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
                         generator=torch.Generator().manual_seed(seed), **kwargs)
     it = iter(loader)
+    if num_workers:
+        detach_sigchld(it)  # a worker's death is raised below, where `run_epoch` can contain it
     while True:
         t0 = time.perf_counter()
         try:
             batch = next(it)
         except StopIteration:
             return
+        except (ConnectionError, EOFError) as err:  # a worker's pipe broke as it died (`pipelines.crashes`)
+            dead = dead_workers(it) if num_workers else []
+            if not dead:
+                raise
+            raise RuntimeError(f"DataLoader worker (pid(s) {', '.join(map(str, dead))}) exited unexpectedly") from err
         yield batch, time.perf_counter() - t0
 
 
@@ -192,13 +215,30 @@ def run_epoch(loader: Any, data: IterableDataset) -> Iterator[dict]:
     """
     if loader.samples_consumed == 0:
         loader.stats.start_epoch()  # the budget keeps the run's counts; this only marks the epoch's log line
-    for batch, waited in worker_batches(data, num_workers=loader.num_workers, start_method=loader.start_method,
-                                        prefetch_factor=loader.prefetch_factor, pin_memory=loader.pin_memory,
-                                        seed=loader.seed):
-        loader.stats.seconds["wait"] += waited
-        loader.stats.add(batch)
-        loader.samples_consumed += loader.batch_size
-        yield batch
+    restarts = 0
+    while True:
+        try:
+            for batch, waited in worker_batches(data, num_workers=loader.num_workers,
+                                                start_method=loader.start_method,
+                                                prefetch_factor=loader.prefetch_factor, pin_memory=loader.pin_memory,
+                                                seed=loader.seed):
+                loader.stats.seconds["wait"] += waited
+                loader.stats.add(batch)
+                loader.samples_consumed += loader.batch_size
+                yield batch
+            break
+        except RuntimeError as err:
+            pids = dead_pids(err)
+            inflight = getattr(data, "inflight", None)
+            if pids is None or inflight is None or restarts >= MAX_RESTARTS:
+                raise
+            # a decoder crashed a worker: skip the sample it held, start new workers at the awaited batch
+            crashed = frozenset(inflight.held_by(pids))
+            restarts += 1
+            log.warning("a loader worker died (%s); skipping the sample(s) at position(s) %s and restarting the "
+                        "workers at batch %d", str(err).split(".")[0], sorted(crashed),
+                        loader.samples_consumed // loader.batch_size)
+            data = data.resumed(loader.samples_consumed // loader.batch_size, crashed)
     if len(loader) <= 0:
         loader.stats.end_epoch(loader.epoch)
         loader.epoch, loader.samples_consumed = loader.epoch + 1, 0
@@ -281,7 +321,8 @@ class StreamLoader:
             self.epoch, self.samples_consumed = self.epoch + 1, 0
         data = _Epoch(self.shards, self._order(), self.stages, global_batch=self.batch_size, rank=self.rank,
                       world=self.world_size, start=self.samples_consumed // self.batch_size,
-                      drop_last=self.drop_last, seed=self.seed, batch_stage=self.batch_stage, verify=self.verify)
+                      drop_last=self.drop_last, seed=self.seed, batch_stage=self.batch_stage, verify=self.verify,
+                      workers=self.num_workers)
         yield from run_epoch(self, data)
 
 
