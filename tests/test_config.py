@@ -14,7 +14,7 @@ def test_load_and_override(tmp_path: Path) -> None:
     path.write_text("model:\n  encoder:\n    depth: 12\nlr: 0.1\nlist: [{a: 1}, {a: 2}]\n")
     cfg = load_config(path, ["model.encoder.depth=2", "lr=1e-4", "new.key=true", "list.1.a=5", "name=abc"])
     assert cfg["model"]["encoder"]["depth"] == 2
-    assert cfg["lr"] == pytest.approx(1e-4) and isinstance(cfg["lr"], float)
+    assert cfg["lr"] == pytest.approx(1e-4) and isinstance(cfg["lr"], float)  # a parsed literal: approx for the type
     assert cfg["new"]["key"] is True and cfg["list"][1]["a"] == 5 and cfg["name"] == "abc"
 
 

@@ -41,6 +41,8 @@ def test_timm_export_loads_in_timm_and_matches_features(tmp_path: Path) -> None:
     with torch.no_grad():
         theirs = model.forward_features(x)  # (B, 1 + 196, D) after the final norm
         mine = ours(get_modality("image").tokenize(x))
+    # the same weights through timm's and our kernels, float32 over 12 blocks of width 192 with outputs up to ~5:
+    # measured 3.1e-6; 1e-4 (+ allclose's rtol 1e-5) is ~30x
     assert torch.allclose(theirs[:, 0], mine.pooled, atol=1e-4)
     assert torch.allclose(theirs[:, 1:], mine.tokens, atol=1e-4)
 

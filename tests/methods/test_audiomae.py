@@ -28,6 +28,7 @@ def test_mask_ratio_and_norm_pix_target() -> None:
     t = tokens.patches
     mean = t.mean(-1, keepdim=True)
     var = ((t - mean) ** 2).sum(-1, keepdim=True) / (t.shape[-1] - 1)
+    # float32 standardisation of 64 values, outputs ~ +-3: measured 4.8e-7
     assert torch.allclose(method.target(tokens), (t - mean) / (var + 1e-6).sqrt(), atol=1e-5)
 
 
@@ -46,7 +47,7 @@ def test_decoders_shapes_hidden_only_loss_and_gradients(window) -> None:
     bumped = fixed.clone()
     bumped[~tokens.mask] += 7.0
     method.predict = lambda t: bumped
-    assert torch.allclose(method({"audio": tokens}).loss, base)
+    assert torch.allclose(method({"audio": tokens}).loss, base)  # visible cells do not count (measured exact)
     bumped[tokens.mask] += 1.0
     assert method({"audio": tokens}).loss > base
 
@@ -58,6 +59,7 @@ def test_local_decoder_drops_cls_and_shifts_time_only() -> None:
     tokens = method.masked(_tokens())
     enc = method.encoder(tokens)
     # the local decoder sees the patch tokens only: its output is that of the decoder without [CLS]
+    # the same float32 ops (measured exact); 1e-6 (+ rtol 1e-5) allows another reduction order
     assert torch.allclose(method.predict(tokens), method.decoder(enc.tokens, enc.visible, enc.grid), atol=1e-6)
     glob = AudioMAE(tiny_encoder(SPEC, depth=1, dim=32))
     assert len(glob.decoder.blocks) == 8 and glob.masking.ratio == 0.8
@@ -96,5 +98,7 @@ def test_audiomae_learns_tones() -> None:
     rand = knn_top1(random_init, train_t, y[:n_train], test_t, y[n_train:])
     print(f"\nAudio-MAE (local decoder): loss {first:.3f} -> {last:.3f} ({secs:.1f}s); held-out masked MSE "
           f"{err:.3f} vs patch mean {base:.3f}; k-NN top-1 trained {trained:.1f}% vs random init {rand:.1f}%")
+    # `base` predicts each patch's mean: the decoder must do 10 % better (not re-measured with these comments; the test
+    # prints it). README's short run: k-NN 100 vs 96.1 at random init
     assert err < 0.9 * base
     assert trained > rand  # the tone classes are easy: random features already reach ~96 %

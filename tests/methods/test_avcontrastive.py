@@ -36,6 +36,8 @@ def test_loss_is_symmetric_infonce_with_the_learned_temperature() -> None:
         va = [math.exp(float(v[i] @ a[j]) / t) for j in range(5)]
         av = [math.exp(float(a[i] @ v[j]) / t) for j in range(5)]
         total += -math.log(va[i] / sum(va)) - math.log(av[i] / sum(av))
+    # float32 loss ~2 against float64 of float32 dot products / 0.1: ~1e-7 relative (measured 5.5e-8); the
+    # temperature is exp(-log-scale) in float32, 1.5e-8 off
     assert math.isclose(float(out.loss.detach()), total / 10, rel_tol=1e-4)
     assert math.isclose(float(out.logs["temperature"]), 0.1, rel_tol=1e-6)
     out.loss.backward()
@@ -47,7 +49,8 @@ def test_loss_is_symmetric_infonce_with_the_learned_temperature() -> None:
 
 def test_temperature_is_clipped_and_can_be_fixed() -> None:
     method = _method()
-    assert math.isclose(float(method.temperature().detach()), 0.07, rel_tol=1e-6)  # CLIP's initial value
+    # CLIP's initial value; float32 exp/log round trips: 4e-9 and 1.2e-7 relative (measured), an ulp or two
+    assert math.isclose(float(method.temperature().detach()), 0.07, rel_tol=1e-6)
     with torch.no_grad():
         method.logit_scale.fill_(10.0)
     assert math.isclose(float(method.temperature().detach()), 0.01, rel_tol=1e-6)  # scale clipped at 100
@@ -126,6 +129,8 @@ def test_a_clip_retrieves_its_own_sound() -> None:
           f"R@1 trained {trained[1]:.1f}% vs random init {rand[1]:.1f}% (chance {chance[1]:.1f}%), "
           f"R@10 trained {trained[10]:.1f}% vs random init {rand[10]:.1f}% (chance {chance[10]:.1f}%); "
           f"temperature {float(method.temperature().detach()):.3f}")
+    # README's short run: R@10 22.7 % vs 3.1 % at random init (chance 3.9 %): 5.8x chance and 19.6 points over
+    # random init, against bounds of 3x and 10 points; R@1 is printed (not re-measured with these comments)
     assert last < first - 1.0
     assert trained[1] > 4 * chance[1] and trained[1] > rand[1] + 1.0
     assert trained[10] > 3 * chance[10] and trained[10] > rand[10] + 10.0

@@ -52,7 +52,7 @@ def test_info_nce_positive_at_index_0_equals_the_formula() -> None:
         negs = torch.stack([keys[n] @ preds[i] for n in range(10) if n != positives[i]])
         scores = torch.cat([pos[None], negs])
         manual.append(-(scores[0].exp() / scores.exp().sum()).log())
-    assert torch.allclose(loss, torch.stack(manual).mean(), atol=1e-5)
+    assert torch.allclose(loss, torch.stack(manual).mean(), atol=1e-5)  # float32 loss ~3.7: measured exact
     assert acc == ((preds @ keys.T).argmax(1) == positives).float().mean()
 
 
@@ -83,6 +83,7 @@ def test_loss_and_directions() -> None:
                 assert torch.equal(target, rz[:, :, k:])
                 ids = torch.arange(keys.shape[0]).view(3, 4, 4)[:, k:].reshape(-1)
                 expected.append(cpc_info_nce(pred.permute(0, 2, 3, 1).reshape(-1, 32), keys, ids)[0])
+        # the same float32 ops re-run, loss ~4 (measured exact); 1e-5 allows another reduction order
         assert torch.allclose(method(_batch()).loss, torch.stack(expected).mean(), atol=1e-5)
     with pytest.raises(ValueError, match="directions"):
         _method(directions=("diagonal",))

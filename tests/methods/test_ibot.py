@@ -45,7 +45,7 @@ def test_patch_loss_is_the_formula() -> None:
             row += 1
         per_image.append(ce / max(cells, 1))
     got = masked_patch_cross_entropy(teacher, student, mask, student_temp=0.1)
-    assert float(got) == pytest.approx(sum(per_image) / 3, abs=1e-5)
+    assert float(got) == pytest.approx(sum(per_image) / 3, abs=1e-5)  # float32 loss ~10: measured 2.6e-7
 
 
 def test_forward_is_cls_plus_patch_loss_with_centres() -> None:
@@ -67,12 +67,14 @@ def test_forward_is_cls_plus_patch_loss_with_centres() -> None:
         p_t = F.softmax((t_patch - c2) / 0.07, dim=-1)  # (2B, N, K)
         log_p_s = F.log_softmax(method.head(cells) / 0.1, dim=-1)
         per_image = (-(p_t * log_p_s).sum(-1) * mask).sum(1) / mask.sum(1).clamp(min=1)
+    # the same float32 computation re-run, losses ~5 and ~4 (measured <= 9.5e-7, an ulp or two; allclose's rtol
+    # adds 5e-5); centres: EMA of logits < 1 (measured 7e-9)
     assert torch.allclose(out.logs["cls_loss"], cls, atol=1e-5)
     assert torch.allclose(out.logs["patch_loss"], per_image.mean(), atol=1e-5)
     assert torch.allclose(out.loss, cls + per_image.mean(), atol=1e-5)  # lambda1 = lambda2 = 1
     assert torch.allclose(method.centering.center, 0.9 * c1 + 0.1 * t_cls.mean(0), atol=1e-5)
     assert torch.allclose(method.patch_centering.center, 0.9 * c2 + 0.1 * t_patch.mean(1).mean(0), atol=1e-5)
-    assert out.logs["mask_ratio"] == pytest.approx(0.5)
+    assert out.logs["mask_ratio"] == pytest.approx(0.5)  # 8 of 16 cells: a float32 0.5, exact
 
 
 def test_masked_content_is_hidden_from_the_student_but_not_the_teacher() -> None:
@@ -85,6 +87,8 @@ def test_masked_content_is_hidden_from_the_student_but_not_the_teacher() -> None
     with torch.no_grad():
         a = method.encode_masked(Tokens(patches=tokens.patches, grid=(4, 4), patch=(8, 8), modality="image"), mask)
         b = method.encode_masked(other, mask)
+        # masked cells are replaced before the encoder sees them: measured bit-exact; the bound allows only another
+        # reduction order, while leaked content (+5) moves features by O(1) (the teacher's: 2.5)
         assert torch.allclose(a[0], b[0], atol=1e-5) and torch.allclose(a[1], b[1], atol=1e-5)
         t_a = method.teacher(Tokens(patches=tokens.patches, grid=(4, 4), patch=(8, 8), modality="image")).pooled
         assert not torch.allclose(t_a, method.teacher(other).pooled)
@@ -106,9 +110,12 @@ def test_prediction_ratios_follow_ibot() -> None:
     masks = method.sample_masks(200, (14, 14), torch.device("cpu"))
     ratios = masks.float().mean(1)
     unmasked = (ratios == 0).float().mean()
-    assert 0.35 < float(unmasked) < 0.65  # half of the images are clean
+    # half of the images are clean: over 200 images sd 0.035, so +-0.15 is 4.2 sd (measured 0.495)
+    assert 0.35 < float(unmasked) < 0.65
     masked = ratios[ratios > 0]
-    assert float(masked.min()) >= 0.09 and float(masked.max()) <= 0.5  # U(0.1, 0.5) of the cells, rounded down
+    # U(0.1, 0.5) of the cells, rounded down: the least is 19 / 196 = 0.097 (measured 0.107 to 0.495)
+    assert float(masked.min()) >= 0.09 and float(masked.max()) <= 0.5
+    # mean 0.3 (less ~0.003 rounding); sd of the mean over ~100 images 0.115 / 10, so +-0.05 is 4.3 sd (measured 0.303)
     assert 0.25 < float(masked.mean()) < 0.35
 
 
@@ -136,6 +143,7 @@ def test_last_layers_frozen_and_schedules() -> None:
     method({"views": _views()}).loss.backward()
     assert torch.count_nonzero(method.head.last_layer.weight_v.grad) == 0
     method.update(0.25)
+    # float32 temperatures half-way through the warmup: ~1e-9 off, approx's 1e-6 relative
     assert float(method.temperature("cls")) == pytest.approx(0.055)
     assert float(method.temperature("patch")) == pytest.approx(0.05)
     method.zero_grad()
@@ -170,6 +178,8 @@ def test_ibot_learns_textures() -> None:
         print(f"\niBOT: [CLS] loss {history[0]['cls_loss']:.3f} -> {last['cls_loss']:.3f}, patch loss "
               f"{history[0]['patch_loss']:.3f} -> {last['patch_loss']:.3f} ({secs:.1f}s); teacher batch entropy "
               f"{last['teacher_batch_entropy']:.2f}; [CLS] k-NN top-1 {trained:.1f}% vs random init {rand:.1f}%")
+        # README's short run: 91.8 vs 87.1 at random init, a margin of 4.7 points (12 of 256 test images); the
+        # bound asks for 3 points, 8 images (not re-measured with these comments; the test prints both)
         assert last["loss"] < history[0]["loss"]
         assert trained > rand + 3.0
     finally:

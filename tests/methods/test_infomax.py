@@ -33,7 +33,7 @@ def test_jsd_estimator_is_the_formula() -> None:
             else:  # marginals: E_Q[softplus(-T) + T - log 2]
                 neg.append(sum(_softplus(-t) + t - math.log(2) for t in scores) / n)
     expected = sum(neg) / len(neg) - sum(pos) / len(pos)
-    assert float(jsd_mi_loss(local, glob)) == pytest.approx(expected, abs=1e-5)
+    assert float(jsd_mi_loss(local, glob)) == pytest.approx(expected, abs=1e-5)  # float32 loss ~1.3: 1.4e-10
 
 
 def test_infonce_estimator_is_the_formula() -> None:
@@ -47,7 +47,7 @@ def test_infonce_estimator_is_the_formula() -> None:
             logits = [positive] + negatives
             top = max(logits)
             total -= positive - (top + math.log(sum(math.exp(x - top) for x in logits)))
-    assert float(infonce_mi_loss(local, glob)) == pytest.approx(total / (b * n), abs=1e-5)
+    assert float(infonce_mi_loss(local, glob)) == pytest.approx(total / (b * n), abs=1e-5)  # loss ~3.9: 7e-8
 
 
 def test_estimators_reward_matching_pairs() -> None:
@@ -63,6 +63,7 @@ def test_estimators_reward_matching_pairs() -> None:
 def test_mi_network_starts_near_identity_shortcut() -> None:
     net = MINet(8, 12)
     w = net.shortcut.weight.detach()
+    # off the identity the shortcut is drawn from U(-0.01, 0.01): the bound is the init's (measured 0.0099)
     assert torch.equal(w.diagonal()[:8], torch.ones(8)) and float(w[8:].abs().max()) <= 0.01
     assert net(torch.randn(2, 5, 8)).shape == (2, 5, 12)
 

@@ -28,6 +28,8 @@ def test_norm_pix_target_is_maes_formula() -> None:
     mean = t.sum(-1, keepdim=True) / p
     var = ((t - mean) ** 2).sum(-1, keepdim=True) / (p - 1)  # unbiased, as torch .var in models_mae.py
     expected = (t - mean) / torch.sqrt(var + 1e-6)
+    # float32 standardisation over 192 values ~ +-10: outputs ~ +-3 good to ~1e-6 (measured 2.4e-7; 3.2e-7 from
+    # float64); the zero image's target is exactly 0
     assert torch.allclose(norm_pix_target(t), expected, atol=1e-5)
     assert torch.allclose(_method().target(SPEC.tokenize(t.new_zeros(1, 3, 32, 32))), torch.zeros(1, 16, 192))
 
@@ -52,16 +54,16 @@ def test_loss_counts_hidden_tokens_only() -> None:
     bumped = pred.clone()
     bumped[shown] += 100.0
     method.predict = lambda t: bumped
-    assert torch.allclose(method(batch).loss, base)  # visible predictions do not count
+    assert torch.allclose(method(batch).loss, base)  # visible predictions do not count (measured exact)
     bumped = pred.clone()
     b, n = hidden.nonzero()[0].tolist()
     bumped[b, n] += 1.0
     method.predict = lambda t: bumped
-    assert not torch.allclose(method(batch).loss, base)
+    assert not torch.allclose(method(batch).loss, base)  # one hidden value +1 moves the loss by ~0.02 (measured)
     # and the value is the mean over hidden tokens of the per-patch mean squared error
     target = method.target(tokens)
     per_token = ((pred - target) ** 2).mean(-1)
-    assert torch.allclose(base, per_token[hidden].mean(), atol=1e-6)
+    assert torch.allclose(base, per_token[hidden].mean(), atol=1e-6)  # the same float32 means: measured exact
 
 
 def test_shapes_gradients_and_raw_target() -> None:
@@ -116,5 +118,8 @@ def test_mae_learns_textures() -> None:
     rand = knn_top1(random_init, train_t, y[:2048], test_t, y[2048:])
     print(f"\nMAE: loss {first:.3f} -> {last:.3f} ({secs:.1f}s); held-out masked MSE {err:.3f} vs patch mean "
           f"{base:.3f}; k-NN top-1 trained {trained:.1f}% vs random init {rand:.1f}%")
+    # predicting each patch's mean scores `base`: the decoder must explain a quarter of the rest (not re-measured with
+    # these comments; the test prints it). README's short run: k-NN 92.2 vs 78.1 at random init, a margin of 14.1 points
+    # for a bound of 5
     assert err < 0.75 * base
     assert trained > rand + 5.0

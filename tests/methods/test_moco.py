@@ -31,6 +31,7 @@ def test_logits_and_loss_are_mocos_formula() -> None:
         # MoCo eq. (1): L_q = -log exp(q.k+ / t) / (exp(q.k+ / t) + sum_j exp(q.k_j / t)) over the queue
         pos = math.exp(float(q[i] @ k[i]) / t)
         negs = sum(math.exp(float(q[i] @ queue[j]) / t) for j in range(5))
+        # float32 cross-entropy against float64 of float32 dot products / 0.2: measured 1.7e-7 relative
         assert math.isclose(float(F.cross_entropy(logits[i:i + 1], torch.zeros(1, dtype=torch.long))),
                             -math.log(pos / (pos + negs)), rel_tol=1e-5)
 
@@ -39,12 +40,13 @@ def test_forward_uses_the_queue_then_enqueues_the_keys() -> None:
     method = _method()
     views = _views()
     before = method.queue.clone()
-    assert torch.allclose(before.norm(dim=1), torch.ones(10))  # the queue starts normalised
+    assert torch.allclose(before.norm(dim=1), torch.ones(10))  # the queue starts normalised (an ulp: 1.2e-7)
     out = method({"views": views})
     with torch.no_grad():  # the loss was computed against the queue as it was before this batch
         q = F.normalize(method.head(method.encoder(views[0]).pooled), dim=1)
         k = F.normalize(method.key_head(method.key_encoder(views[1]).pooled), dim=1)
         expected = F.cross_entropy(moco_logits(q, k, before, temperature=0.2), torch.zeros(4, dtype=torch.long))
+    # the same float32 ops re-run on the same batch: measured exact for the loss and the enqueued keys
     assert torch.allclose(out.loss.detach(), expected, atol=1e-5)
     assert torch.allclose(method.queue[:4], k, atol=1e-6) and torch.equal(method.queue[4:], before[4:])
     assert int(method.queue_ptr) == 4
@@ -75,7 +77,7 @@ def test_momentum_update_and_v2_head() -> None:
     old = [p.clone() for p in method.key_encoder.parameters()]
     method.update(0.3)
     for new, was, online in zip(method.key_encoder.parameters(), old, method.encoder.parameters()):
-        assert torch.allclose(new, 0.9 * was + 0.1 * online, atol=1e-6)
+        assert torch.allclose(new, 0.9 * was + 0.1 * online, atol=1e-6)  # another float32 order: 3e-8 measured
     assert not any(p.requires_grad for p in method.key_encoder.parameters())
     layers = list(method.head.mlp)
     assert [type(m) for m in layers] == [nn.Linear, nn.ReLU, nn.Linear]  # --mlp: no BatchNorm in v2
@@ -93,4 +95,5 @@ def test_moco_learns_textures() -> None:
     r = learn(method, steps=100, lr=2e-3)
     print(f"\nMoCo v2: loss {r['first']:.3f} -> {r['last']:.3f} ({r['secs']:.1f}s); k-NN top-1 trained "
           f"{r['trained']:.1f}% vs random init {r['random']:.1f}%")
+    # README's short run: 90.6 vs 78.1 at random init, a margin of 12.5 points; the bound asks for half of it
     assert r["trained"] > r["random"] + 6.0

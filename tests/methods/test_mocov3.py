@@ -35,6 +35,7 @@ def _ctr_by_hand(q: torch.Tensor, k: torch.Tensor, t: float) -> float:
 def test_info_nce_and_contrast_are_the_formula() -> None:
     q, k = torch.randn(4, 6), torch.randn(4, 6)
     method = _method(temperature=0.3)
+    # float32 against float64 of float32 dot products: ~1e-7 relative (measured 1.9e-8 and 1.3e-8)
     assert math.isclose(float(method.contrast(q, k)), _ctr_by_hand(q, k, 0.3), rel_tol=1e-5)
     qn, kn = F.normalize(q, dim=1), F.normalize(k, dim=1)
     # with an offset the positives sit further down a longer (gathered) key list
@@ -51,7 +52,7 @@ def test_forward_is_symmetric_with_momentum_keys() -> None:
         q1, q2 = (method.predictor(method.projector(method.encoder(v).pooled)) for v in views)
         k1, k2 = (method.momentum_projector(method.momentum_encoder(v).pooled) for v in views)
         expected = _ctr_by_hand(q1, k2, 0.2) + _ctr_by_hand(q2, k1, 0.2)
-    assert math.isclose(float(out.loss.detach()), expected, rel_tol=1e-4)
+    assert math.isclose(float(out.loss.detach()), expected, rel_tol=1e-4)  # as above, through the nets: 7.4e-8
     out.loss.backward()
     assert method.encoder.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in method.momentum_encoder.parameters())
@@ -68,7 +69,7 @@ def test_patch_projection_stays_random() -> None:
     method.update(0.5)
     assert torch.equal(method.encoder.patch_embed.proj.weight, before)
     # the momentum copy averages two equal weights: equal up to rounding
-    assert torch.allclose(method.momentum_encoder.patch_embed.proj.weight, before, atol=1e-7)
+    assert torch.allclose(method.momentum_encoder.patch_embed.proj.weight, before, atol=1e-7)  # |w| <= 0.16: 1.5e-8
     assert _method(freeze_patch_embed=False).encoder.patch_embed.proj.weight.requires_grad
 
 
@@ -76,6 +77,7 @@ def test_momentum_rises_to_one_along_a_cosine() -> None:
     method = _method(momentum=0.99)
     for progress, expected in ((0.0, 0.99), (0.5, 0.995), (1.0, 1.0)):
         method.update(progress)
+        # float64 schedule: a few 1e-16 of the closed form (measured exact)
         assert math.isclose(method.momentum, 1 - 0.5 * (1 + math.cos(math.pi * progress)) * 0.01, abs_tol=1e-12)
         assert math.isclose(method.momentum, expected, abs_tol=1e-12)
     for p in method.encoder.parameters():
@@ -106,5 +108,6 @@ def test_mocov3_learns_textures() -> None:
     r = learn(method, steps=100, lr=2e-3)
     print(f"\nMoCo v3: loss {r['first']:.3f} -> {r['last']:.3f} ({r['secs']:.1f}s); k-NN top-1 trained "
           f"{r['trained']:.1f}% vs random init {r['random']:.1f}%")
+    # README's short run: 90.6 vs 78.1 at random init, a margin of 12.5 points; the bound at 8 leaves 4.5
     assert r["last"] < r["first"]
     assert r["trained"] > r["random"] + 8.0

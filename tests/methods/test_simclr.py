@@ -35,10 +35,11 @@ def _nt_xent_by_hand(z1: torch.Tensor, z2: torch.Tensor, t: float) -> torch.Tens
 def test_nt_xent_is_the_papers_formula() -> None:
     z1, z2 = F.normalize(torch.randn(5, 8), dim=1), F.normalize(torch.randn(5, 8), dim=1)
     for t in (0.1, 0.5):
+        # float32 loss ~5 (t 0.1) against float64 sums of float32 dot products: measured 4.8e-7
         assert torch.allclose(nt_xent(z1, z2, temperature=t), _nt_xent_by_hand(z1, z2, t), atol=1e-5)
     # identical views of orthogonal samples: the positive scores 1/t, the 6 other views 0, itself is left out
     eye = torch.eye(4)
-    assert torch.allclose(nt_xent(eye, eye, temperature=0.5), torch.tensor(math.log(1 + 6 * math.exp(-2.0))))
+    assert torch.allclose(nt_xent(eye, eye, temperature=0.5), torch.tensor(math.log(1 + 6 * math.exp(-2.0))))  # 6e-8
 
 
 def test_nt_xent_split_into_ranks_averages_to_the_whole() -> None:
@@ -46,7 +47,7 @@ def test_nt_xent_split_into_ranks_averages_to_the_whole() -> None:
     whole = nt_xent(z1, z2, temperature=0.2)
     parts = [nt_xent(z1[r * 4:(r + 1) * 4], z2[r * 4:(r + 1) * 4], temperature=0.2, all1=z1, all2=z2, offset=4 * r)
              for r in range(2)]
-    assert torch.allclose((parts[0] + parts[1]) / 2, whole, atol=1e-6)
+    assert torch.allclose((parts[0] + parts[1]) / 2, whole, atol=1e-6)  # the same rows' terms: measured exact
 
 
 def test_projection_head_is_simclrs() -> None:
@@ -67,22 +68,26 @@ def test_forward_loss_logs_and_gradients() -> None:
     out = method({"views": views})
     assert out.loss.dim() == 0 and math.isfinite(float(out.loss.detach()))
     assert {"loss", "embedding_std", "contrast_acc"} <= set(out.logs)
-    assert 0 < float(out.logs["embedding_std"]) < 1
+    assert 0 < float(out.logs["embedding_std"]) < 1  # the std of unit vectors' coordinates is at most 1 (0.26)
     out.loss.backward()
     assert method.encoder.patch_embed.proj.weight.grad.abs().sum() > 0
     # the loss is NT-Xent of the normalised projections of both views, projected as one batch
     with torch.no_grad():
         h = torch.cat([method.encoder(v).pooled for v in views])
         z = F.normalize(method.head(h), dim=1)
+        # the same float32 ops on the same batch, loss ~2.3 (measured 2.4e-7)
         assert torch.allclose(out.loss.detach(), nt_xent(z[:6], z[6:], temperature=0.5), atol=1e-5)
     with pytest.raises(KeyError, match="two augmented views"):
         method({"image": views[0]})
 
 
 def test_embedding_std_sees_collapse() -> None:
+    # jitter 1e-3 on a collapsed 8-dim point: std 1e-3 / sqrt(8) = 3.5e-4 (measured 3.46e-4), spread is 0.35
     assert float(embedding_std(torch.ones(16, 8) + 1e-3 * torch.randn(16, 8))) < 1e-3
     spread = float(embedding_std(torch.randn(4096, 64)))
-    assert abs(spread - 64 ** -0.5) < 0.01  # 1/sqrt(D) for embeddings spread over the sphere
+    # 1/sqrt(D) for embeddings spread over the sphere: over 4096 samples the estimate's sd is ~0.0014, 0.01 is 7 sd
+    # (measured 5e-6 off)
+    assert abs(spread - 64 ** -0.5) < 0.01
 
 
 @pytest.mark.slow
@@ -93,5 +98,6 @@ def test_simclr_learns_textures() -> None:
     r = learn(method, steps=100, lr=2e-3)
     print(f"\nSimCLR: loss {r['first']:.3f} -> {r['last']:.3f} ({r['secs']:.1f}s); k-NN top-1 trained "
           f"{r['trained']:.1f}% vs random init {r['random']:.1f}%")
+    # README's short run: 94.9 vs 78.1 at random init, a margin of 16.8 points; the bound asks for half of it
     assert r["last"] < r["first"] - 0.5
     assert r["trained"] > r["random"] + 8.0

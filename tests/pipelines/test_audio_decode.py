@@ -85,7 +85,7 @@ def test_decode_equals_the_resampling_path(container, codec, rate, channels, sam
     reference = resampled(data)
     assert wave.dtype == np.float32 and wave.ndim == 1 and wave.flags.writeable
     assert np.array_equal(wave, reference)  # same samples, same bits
-    assert start >= 0.0 and len(wave) > 0.3 * 16000
+    assert start >= 0.0 and len(wave) > 0.3 * 16000  # 0.4 s = 6400 encoded (measured 6400, 8192 for AAC)
 
 
 def frame(values: np.ndarray, sample_format: str, rate: int, layout: str = "mono") -> av.AudioFrame:

@@ -56,7 +56,9 @@ def test_images_decode_on_worker_or_keep_bytes(tmp_path):
     (img,) = decode_jpeg_batch([kept["image_bytes"]], "cpu")
     assert torch.equal(img, out["image"])
     expected = np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).transpose(2, 0, 1)
-    assert np.abs(out["image"].numpy().astype(int) - expected).mean() < 1.0  # libjpeg-turbo vs PIL's IDCT
+    # libjpeg-turbo vs PIL's IDCT and chroma upsampling: decoders may differ by a level or two on some pixels, so a
+    # mean under one level (measured 0 with the same libjpeg-turbo here)
+    assert np.abs(out["image"].numpy().astype(int) - expected).mean() < 1.0
 
 
 def test_corrupt_images_become_skip_markers(tmp_path):
@@ -74,6 +76,9 @@ def test_corrupt_images_become_skip_markers(tmp_path):
 def test_audio_decodes_to_mono_16k(tmp_path, suffix, rate, channels):
     data = make_audio(tmp_path / f"t{suffix}", seconds=0.5, rate=rate, channels=channels).read_bytes()
     wave, start = decode_waveform(data)
+    # 0.5 s: the length within a resampler's edge (64 samples, 4 ms; measured exact); the peak within two FFT bins
+    # of 16000 / 6000 = 2.7 Hz (measured exact); the 0.3 amplitude within 0.05, room for resampling ripple and
+    # mixing (measured 0.29999)
     assert wave.dtype == np.float32 and abs(len(wave) - 8000) <= 64 and start == 0.0
     spectrum = np.abs(np.fft.rfft(wave[1000:7000]))
     assert abs(np.argmax(spectrum) * 16000 / 6000 - 440) < 5  # the tone survives mixing and resampling

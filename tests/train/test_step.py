@@ -54,8 +54,8 @@ def test_a_step_learns_sets_the_schedule_and_calls_update():
     first = float(step([batch(0)], 0.0).loss)
     for i in range(1, 30):
         step([batch(i)], i / 40, progress_after=(i + 1) / 40)
-    assert float(step([batch(0)], 0.75).loss) < first / 4
-    assert step.optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * 0.25)
+    assert float(step([batch(0)], 0.75).loss) < first / 4  # measured 0.008 of the first loss: 30x margin
+    assert step.optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * 0.25)  # closed-form schedules: approx
     assert method.progress[0] == 0.0 and method.progress[1] == pytest.approx(2 / 40)
 
 
@@ -69,8 +69,11 @@ def test_accumulated_micro_batches_equal_one_batch_of_their_union():
     out = s1([a, b], 0.0)
     s2([whole], 0.0)
     for p, q in zip(m1.parameters(), m2.parameters()):
+        # the mean of two micro-batch gradients vs one over their union: float32 sums of 8 terms in another order on
+        # weights ~0.5 (measured bit-exact after one AdamW step)
         torch.testing.assert_close(p, q, atol=1e-6, rtol=0)
-    assert float(out.loss) == pytest.approx(expected, rel=1e-6)  # the mean of the micro-batch losses
+    # the mean of the micro-batch losses, float32 vs float64 means of the same two values (measured 2.9e-8)
+    assert float(out.loss) == pytest.approx(expected, rel=1e-6)
 
 
 def test_non_finite_steps_are_skipped_on_the_device_and_counted_at_log_time():
