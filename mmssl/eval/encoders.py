@@ -18,7 +18,8 @@ from mmssl.config import ConfigError, apply_overrides, instantiate
 from mmssl.modalities import Modality, get_modality
 from mmssl.models.encoder import TokenEncoder
 
-__all__ = ["DenseFeatures", "ViTFeatures", "CNNFeatures", "PixelFeatures", "load_encoder", "dense_features"]
+__all__ = ["DenseFeatures", "ViTFeatures", "CNNFeatures", "PixelFeatures", "load_encoder", "dense_features",
+           "read_checkpoint", "checkpoint_encoder_config"]
 
 PREFIX = "encoder."
 
@@ -31,39 +32,58 @@ class DenseFeatures(Protocol):
     def __call__(self, frames: Tensor) -> Tensor: ...
 
 
+def read_checkpoint(checkpoint: str | Path) -> Mapping:
+    """A checkpoint dict ("config": the run's resolved config, "model": the method's state dict), checked."""
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for unreadable or unsafe pickles
+        raise ConfigError(f"{path}: cannot read checkpoint: {err}") from None
+    if not isinstance(ckpt, Mapping) or "model" not in ckpt:
+        raise ConfigError(f"{path}: a checkpoint must be a dict with 'config' and 'model'")
+    return ckpt
+
+
+def checkpoint_encoder_config(checkpoint: str | Path, ckpt: Mapping | None = None) -> dict:
+    """The `_component_` mapping of a checkpoint's encoder (`config.method.encoder`)."""
+    ckpt = read_checkpoint(checkpoint) if ckpt is None else ckpt
+    try:
+        return dict(ckpt["config"]["method"]["encoder"])
+    except (KeyError, TypeError):
+        raise ConfigError(f"{checkpoint}: no config.method.encoder in the checkpoint; pass the encoder config") \
+            from None
+
+
 def load_encoder(checkpoint: str | Path | None, encoder_config: Mapping | None = None, *,
-                 overrides: Sequence[str] = ()) -> nn.Module:
+                 overrides: Sequence[str] = (), random_init: bool = False, seed: int = 0) -> nn.Module:
     """Builds an encoder in eval mode, with a checkpoint's weights or randomly initialised.
 
     Args:
         checkpoint: path of a checkpoint, or None for a random init from `encoder_config`.
         encoder_config: the encoder's `_component_` mapping; None takes `config.method.encoder` of the checkpoint.
         overrides: `key=value` changes to the encoder config (keys relative to it, e.g. "depth=4").
+        random_init: build the checkpoint's architecture without its weights (the baseline every probe prints
+            beside the trained encoder).
+        seed: the random init's seed (drawn in a private RNG scope: the caller's random state is left as it was),
+            so two runs of an evaluation print the same baseline.
     """
     state = None
     if checkpoint is not None:
-        path = Path(checkpoint)
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint not found: {path}")
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # torch raises several types for unreadable or unsafe pickles
-            raise ConfigError(f"{path}: cannot read checkpoint: {err}") from None
-        if not isinstance(ckpt, Mapping) or "model" not in ckpt:
-            raise ConfigError(f"{path}: a checkpoint must be a dict with 'config' and 'model'")
+        ckpt = read_checkpoint(checkpoint)
         if encoder_config is None:
-            try:
-                encoder_config = ckpt["config"]["method"]["encoder"]
-            except (KeyError, TypeError):
-                raise ConfigError(f"{path}: no config.method.encoder in the checkpoint; "
-                                  "pass the encoder config") from None
-        state = {k[len(PREFIX):]: v for k, v in ckpt["model"].items() if k.startswith(PREFIX)}
-        if not state:
-            raise ConfigError(f"{path}: no '{PREFIX}*' parameters in the checkpoint's model")
+            encoder_config = checkpoint_encoder_config(checkpoint, ckpt)
+        if not random_init:
+            state = {k[len(PREFIX):]: v for k, v in ckpt["model"].items() if k.startswith(PREFIX)}
+            if not state:
+                raise ConfigError(f"{checkpoint}: no '{PREFIX}*' parameters in the checkpoint's model")
     if encoder_config is None:
         raise ConfigError("no checkpoint and no encoder config: nothing to build an encoder from")
     encoder_config = apply_overrides(dict(encoder_config), overrides)
-    encoder = instantiate(encoder_config, where="method.encoder")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        encoder = instantiate(encoder_config, where="method.encoder")
     if state is not None:
         try:
             missing, unexpected = encoder.load_state_dict(state, strict=False)

@@ -2,6 +2,8 @@
 
 DAVIS: per-object J and F on frames 1 .. T-2 (the first is given, the last is left out as the DAVIS scorer does).
 VIP: a confusion matrix over every annotated frame after the first. JHMDB: PCK over every frame after the first.
+Everything written or printed is in percent. `Result.summary` keeps DAVIS's J and F as the 0-1 fractions the
+DAVIS toolkit reports (library callers compare them with `copy_first_frame`); `Result.percent()` converts.
 """
 
 from __future__ import annotations
@@ -27,10 +29,16 @@ from mmssl.eval.outputs import format_table, overlay_strip, write_csv, write_ind
 from mmssl.eval.presets import PropagationSettings
 from mmssl.eval.propagation import propagate
 
-__all__ = ["Result", "evaluate_propagation", "VIP_CLASSES"]
+__all__ = ["Result", "evaluate_propagation", "in_percent", "VIP_CLASSES"]
 
 VIP_CLASSES = 20
 STRIP_FRAMES = 6
+FRACTIONS = ("J&F", "J_mean", "J_recall", "J_decay", "F_mean", "F_recall", "F_decay")  # DAVIS, 0-1
+
+
+def in_percent(row: dict) -> dict:
+    """A row with DAVIS's 0-1 J and F figures in percent (PCK and mIoU are percent already)."""
+    return {k: 100 * v if k in FRACTIONS and isinstance(v, float) else v for k, v in row.items()}
 
 
 @dataclass
@@ -40,6 +48,10 @@ class Result:
     summary: dict[str, float]
     rows: list[dict] = field(default_factory=list)
     frames_per_second: float = 0.0
+
+    def percent(self) -> dict[str, float]:
+        """`summary` with every figure in percent."""
+        return in_percent(self.summary)
 
 
 def _features(seq: Sequence, features: DenseFeatures, settings: PropagationSettings, device: torch.device,
@@ -152,8 +164,8 @@ def evaluate_propagation(task: str, sequences: Seq[Sequence], features: DenseFea
         per_seq = [{"sequence": s, **{k: float(np.nanmean([r[k] for r in rows if r["sequence"] == s]))
                                       for k in ("J&F", "J_mean", "F_mean")}}
                    for s in dict.fromkeys(r["sequence"] for r in rows)]
-        write_csv(out_dir / "per_object.csv", rows)
-        write_csv(out_dir / "per_sequence.csv", per_seq)
+        write_csv(out_dir / "per_object.csv", [in_percent(r) for r in rows])
+        write_csv(out_dir / "per_sequence.csv", [in_percent(r) for r in per_seq])
     elif task == "vip":
         miou, per_class = metrics.mean_iou(state["conf"]) if "conf" in state else (float("nan"), np.array([]))
         summary = {"mIoU": 100 * miou}
@@ -164,8 +176,8 @@ def evaluate_propagation(task: str, sequences: Seq[Sequence], features: DenseFea
             state.get("gt", [np.zeros((0, 15, 2))]))
         summary = metrics.pck(pred, gt, (0.1, 0.2, 0.3, 0.4, 0.5))
         write_csv(out_dir / "per_sequence.csv", rows)
-    write_csv(out_dir / "summary.csv", [{**summary, "frames_per_second": fps}])
+    write_csv(out_dir / "summary.csv", [{**in_percent(summary), "frames_per_second": fps}])
     if verbose:
-        print(format_table(rows))
-        print(format_table([{"task": task, **summary, "frames/s": fps}]))
+        print(format_table([in_percent(r) for r in rows]))
+        print(format_table([{"task": task, **in_percent(summary), "frames/s": fps}]))
     return Result(summary=summary, rows=rows, frames_per_second=fps)

@@ -1,9 +1,9 @@
-"""Linear probing of frozen features (MAE's `main_linprobe.py`): BatchNorm without affine, then one linear layer.
+"""Linear probing of frozen features (MAE's `main_linprobe.py`): standardised features, then one linear layer.
 
 Features are extracted once and cached (`extract_features`), so the probe trains on a (N, D) tensor and every
-epoch costs a matrix multiply instead of an encoder pass. MAE trains with LARS at batch 16384 for 90 epochs;
-on cached features plain SGD with momentum and a cosine schedule reaches the same optimum of this convex
-problem, so that is what `train_linear_probe` uses (the learning rate and epochs are arguments).
+step costs a matrix multiply instead of an encoder pass. `mmssl eval linear` solves the probe to convergence with
+`mmssl.eval.logistic.fit_probe` (the speech probes' solver too); `train_linear_probe` keeps MAE's SGD recipe
+(BatchNorm without affine, cosine schedule) for callers that want it.
 """
 
 from __future__ import annotations
@@ -118,6 +118,6 @@ def train_linear_probe(feats: Tensor, labels: Tensor, *, num_classes: int | None
 
 
 @torch.no_grad()
-def evaluate_probe(probe: LinearProbe, feats: Tensor, labels: Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
+def evaluate_probe(probe: nn.Module, feats: Tensor, labels: Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
     """Top-k accuracies (percent) of a trained probe on held-out features."""
     return topk_accuracy(probe.eval()(feats), labels, ks)

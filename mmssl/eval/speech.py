@@ -1,35 +1,43 @@
-"""Linear speech probes of CPC features (van den Oord et al., 2018, §3.1; CPC_audio `cpc/eval/linear_separability.py`).
+"""Frame features for the linear speech probes (van den Oord et al., 2018, §3.1; CPC_audio
+`cpc/eval/linear_separability.py`; Huang et al., 2022 for Audio-MAE).
 
-REFERENCE.md §1.18:
-- speaker identification: a linear classifier on the LAST context vector of a window (`SpeakerCriterion` takes
-  `cFeature[:, -1]`); here the last frame holding real audio, so a zero-padded short clip is read at its end;
+REFERENCE.md §1.18. Every feature source is a `FrameFeatures`: waveforms (B, N) -> one feature per 10 ms frame
+(B, N / 160, D), so the two probes read every source the same way:
+- speaker identification: a linear classifier on one vector per clip, pooled over the frames holding real audio
+  (a zero-padded short clip is read up to its end): CPC's LAST context vector (`SpeakerCriterion` takes
+  `cFeature[:, -1]`: the causal context summarises the clip), the mean of a token encoder's features (Audio-MAE
+  pools its tokens), the mean and standard deviation of MFCC frames (a single 25 ms frame may be a closure or a
+  fricative with no voice in it, so one MFCC frame is a strawman baseline; utterance statistics are the classic one);
 - phone classification: a linear classifier per 10 ms frame, with one label per frame from an alignment file
   (CPC's `converted_aligned_phones.txt` format: `utterance p_0 p_1 ...`, matched to the sample by the stem of
   its json `source`, else its key);
-- the same probes on MFCCs (`torchaudio.transforms.MFCC`, 25 ms windows every 10 ms, so frame t covers the
-  same audio as latent t) are the hand-made baseline;
-- each sample is read once from the start of the clip (no shuffle, every sample); the probe is trained with
-  Adam (lr 2e-4, 10 epochs in the paper) on frozen features, standardised with the training set's statistics
-  so that MFCC and learned features see the same optimiser.
+- CPC: contexts c_t (or latents z_t), one per 160 samples; MFCCs (`torchaudio.transforms.MFCC`, 25 ms windows every
+  10 ms, so frame t covers the same audio as latent t) are the hand-made baseline; a token encoder on fbank
+  patches (Audio-MAE: 16 x 16 over (frames, mel)) gives each frame the mean over frequency of the tokens in its
+  patch row, so a frame's feature has the 160 ms resolution of the patches;
+- each sample is read once from the start of the clip (no shuffle, every sample); the probes themselves are in
+  `mmssl.eval.logistic`.
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from mmssl.eval.logistic import probe_accuracy, train_probe  # re-exported: tests/methods/test_cpc_speech.py
 from mmssl.models.cpc_audio import DOWNSAMPLING
+from mmssl.models.encoder import TokenEncoder
 from pipelines.audio import decode_audio
 from pipelines.loader import StreamLoader
 
-__all__ = ["FrameFeatures", "cpc_frames", "mfcc_frames", "read_alignments", "speaker_features", "phone_features",
-           "encode_labels", "train_probe", "probe_accuracy"]
+__all__ = ["FrameFeatures", "POOLS", "cpc_frames", "mfcc_frames", "token_frames", "pool_frames", "read_alignments",
+           "speaker_features", "phone_features", "encode_labels", "train_probe", "probe_accuracy"]
+
+POOLS = ("last", "mean", "mean+std")
 
 FrameFeatures = Callable[[Tensor], Tensor]  # waveforms (B, N) -> per-10-ms features (B, N / 160, D)
 
@@ -60,6 +68,53 @@ def mfcc_frames(*, n_mfcc: int = 13, n_mels: int = 40, rate: int = 16000) -> Fra
         return out[..., :wave.shape[1] // DOWNSAMPLING].transpose(1, 2)  # (B, D, T) -> (B, T, D)
 
     return frames
+
+
+def token_frames(encoder: TokenEncoder, fbank: nn.Module) -> FrameFeatures:
+    """Frame features of a `TokenEncoder` on spectrogram patches (Audio-MAE).
+
+    Args:
+        encoder: an encoder of "audio" tokens whose patch is (frames, mel bins).
+        fbank: waveforms (B, N) -> normalised log-mel frames (B, L, mel) with L >= N / 160 (`pipelines.fbank.Fbank`
+            with the target length training used).
+    """
+    spec = encoder.modality
+    rows = int(spec.patch[0])  # 10 ms frames per patch row
+
+    @torch.no_grad()
+    def frames(wave: Tensor) -> Tensor:
+        count = wave.shape[1] // DOWNSAMPLING
+        mel = fbank.to(wave.device)(wave.float()).unsqueeze(1)  # (B, L, F) -> (B, 1, L, F)
+        if mel.shape[2] < count or mel.shape[2] % rows:
+            raise ValueError(f"fbank gives {mel.shape[2]} frames for {count} 10 ms frames; its target length must "
+                             f"be a multiple of the patch ({rows}) and cover the window")
+        out = encoder(spec.tokenize(mel))
+        (b, _, d), grid = out.tokens.shape, out.grid
+        per_row = out.tokens.reshape(b, *grid, d).mean(dim=2)  # (B, Lt * Lf, D) -> (B, Lt, Lf, D) -> (B, Lt, D)
+        return per_row.repeat_interleave(rows, dim=1)[:, :count].float()  # (B, Lt * rows, D) -> (B, T, D)
+
+    return frames
+
+
+def pool_frames(feats: Tensor, valid: Tensor, pool: str) -> Tensor:
+    """One vector per clip from frame features (B, T, D) of which the first `valid` (B,) hold real audio.
+
+    Args:
+        feats: frame features.
+        valid: frames with real audio per clip, in [1, T].
+        pool: "last" (the last valid frame: CPC's causal context), "mean", or "mean+std" (2D wide).
+    """
+    if pool not in POOLS:
+        raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+    if pool == "last":
+        return feats[torch.arange(feats.shape[0], device=feats.device), valid - 1]  # (B, D)
+    mask = (torch.arange(feats.shape[1], device=feats.device)[None] < valid[:, None]).unsqueeze(-1)  # (B, T, 1)
+    count = valid[:, None].to(feats.dtype)  # (B, 1)
+    mean = (feats * mask).sum(dim=1) / count  # (B, D)
+    if pool == "mean":
+        return mean
+    var = ((feats - mean[:, None]).pow(2) * mask).sum(dim=1) / count  # (B, D): over the valid frames only
+    return torch.cat([mean, var.sqrt()], dim=1)  # (B, 2D)
 
 
 def read_alignments(path: str | Path) -> dict[str, list[str]]:
@@ -103,42 +158,74 @@ def _valid_frames(lengths: Tensor, total: int) -> Tensor:
     return (lengths // DOWNSAMPLING).clamp(1, total)  # frames holding real audio (at least one)
 
 
-def speaker_features(frames: FrameFeatures, source: str, *, samples: int = 20480, batch_size: int = 32,
-                     workers: int = 0, device: str | torch.device = "cpu") -> tuple[Tensor, list[str]]:
-    """The last valid frame's feature (N, D) and the speaker id of every sample with one."""
-    feats, speakers = [], []
+def speaker_features(sources: Mapping[str, tuple[FrameFeatures, str]], source: str, *, samples: int = 20480,
+                     batch_size: int = 32, workers: int = 0,
+                     device: str | torch.device = "cpu") -> tuple[dict[str, Tensor], list[str]]:
+    """Pooled clip features of several feature sources from one pass over `source`.
+
+    Args:
+        sources: name -> (frame features, pool: see `pool_frames`).
+        source: shards (folder, index.json or pattern).
+        samples: the window read from the start of each clip.
+        batch_size: clips per batch.
+        workers: loader workers.
+        device: where the feature sources run.
+
+    Returns:
+        name -> features (N, D_name) on the CPU, and the speaker of each of the N samples that have one.
+    """
+    feats: dict[str, list[Tensor]] = {name: [] for name in sources}
+    speakers: list[str] = []
     for batch in _batches(source, samples=samples, batch_size=batch_size, workers=workers):
-        out = frames(batch["audio"].to(device))  # (B, T, D)
-        last = _valid_frames(batch["audio_len"].to(out.device), out.shape[1]) - 1
-        picked = out[torch.arange(out.shape[0], device=out.device), last]  # (B, D)
-        for i in range(out.shape[0]):
-            speaker = _speaker(batch, i)
-            if speaker is not None:
-                feats.append(picked[i].cpu())
-                speakers.append(speaker)
-    if not feats:
+        wave = batch["audio"].to(device)
+        rows = [i for i in range(wave.shape[0]) if _speaker(batch, i) is not None]
+        speakers.extend(_speaker(batch, i) for i in rows)
+        for name, (frames, pool) in sources.items():
+            out = frames(wave)  # (B, T, D)
+            valid = _valid_frames(batch["audio_len"].to(out.device), out.shape[1])
+            feats[name].append(pool_frames(out, valid, pool)[rows].cpu())  # (B', D)
+    if not speakers:
         raise ValueError(f"{source}: no sample has a speaker (json 'speaker' or .cls)")
-    return torch.stack(feats), speakers
+    return {name: torch.cat(parts) for name, parts in feats.items()}, speakers
 
 
-def phone_features(frames: FrameFeatures, source: str, alignments: dict[str, list[str]], *, samples: int = 20480,
-                   batch_size: int = 32, workers: int = 0,
-                   device: str | torch.device = "cpu") -> tuple[Tensor, list[str]]:
-    """Features (F, D) and phone labels of every aligned frame of the samples that have an alignment."""
-    feats, phones = [], []
+def phone_features(sources: Mapping[str, FrameFeatures], source: str, alignments: dict[str, list[str]], *,
+                   samples: int = 20480, batch_size: int = 32, workers: int = 0,
+                   device: str | torch.device = "cpu") -> tuple[dict[str, Tensor], list[str]]:
+    """Frame features of several feature sources and the phone label of every aligned frame, from one pass.
+
+    Args:
+        sources: name -> frame features.
+        source: shards (folder, index.json or pattern).
+        alignments: utterance -> one phone per 10 ms frame (`read_alignments`).
+        samples: the window read from the start of each clip.
+        batch_size: clips per batch.
+        workers: loader workers.
+        device: where the feature sources run.
+
+    Returns:
+        name -> features (F, D_name) on the CPU, and the F phone labels.
+    """
+    feats: dict[str, list[Tensor]] = {name: [] for name in sources}
+    phones: list[str] = []
     for batch in _batches(source, samples=samples, batch_size=batch_size, workers=workers):
-        out = frames(batch["audio"].to(device)).cpu()  # (B, T, D)
-        valid = _valid_frames(batch["audio_len"], out.shape[1])
-        for i in range(out.shape[0]):
+        wave = batch["audio"].to(device)
+        valid = _valid_frames(batch["audio_len"], wave.shape[1] // DOWNSAMPLING)
+        spans = []  # (clip, frames kept) of the aligned clips
+        for i in range(wave.shape[0]):
             labels = alignments.get(_utterance(batch, i))
-            if labels is None:
-                continue
-            n = min(int(valid[i]), len(labels))
-            feats.append(out[i, :n])
-            phones.extend(labels[:n])
-    if not feats:
+            if labels is not None:
+                n = min(int(valid[i]), len(labels))
+                spans.append((i, n))
+                phones.extend(labels[:n])
+        if not spans:
+            continue
+        for name, frames in sources.items():
+            out = frames(wave).cpu()  # (B, T, D)
+            feats[name].extend(out[i, :n] for i, n in spans)
+    if not phones:
         raise ValueError(f"{source}: no sample matches an utterance of the alignment file")
-    return torch.cat(feats), phones
+    return {name: torch.cat(parts) for name, parts in feats.items()}, phones
 
 
 def encode_labels(train: list[str], val: list[str]) -> tuple[Tensor, Tensor, Tensor, list[str]]:
@@ -152,45 +239,3 @@ def encode_labels(train: list[str], val: list[str]) -> tuple[Tensor, Tensor, Ten
     keep = torch.tensor([v in index for v in val], dtype=torch.bool)
     return (torch.tensor([index[t] for t in train]), torch.tensor([index[v] for v in val if v in index]), keep,
             classes)
-
-
-class _Probe(nn.Module):
-    """Standardise with fixed training statistics, then one linear layer."""
-
-    def __init__(self, mean: Tensor, std: Tensor, classes: int) -> None:
-        super().__init__()
-        self.register_buffer("mean", mean)
-        self.register_buffer("std", std)
-        self.linear = nn.Linear(mean.numel(), classes)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.linear((x - self.mean) / self.std)
-
-
-def train_probe(feats: Tensor, labels: Tensor, *, num_classes: int, epochs: int = 10, lr: float = 2e-4,
-                batch_size: int = 256, seed: int = 0) -> nn.Module:
-    """A linear classifier on frozen features, trained with Adam on seeded mini-batches (CPC_audio's probe)."""
-    feats = feats.float()
-    mean, std = feats.mean(dim=0), feats.std(dim=0).clamp_min(1e-6)
-    probe = _Probe(mean, std, num_classes)
-    opt = torch.optim.Adam(probe.linear.parameters(), lr=lr)
-    gen = torch.Generator().manual_seed(seed)
-    n = len(labels)
-    with torch.enable_grad():  # callers often hold features made under no_grad
-        for _ in range(epochs):
-            order = torch.randperm(n, generator=gen)
-            for start in range(0, n, batch_size):
-                idx = order[start:start + batch_size]
-                loss = F.cross_entropy(probe(feats[idx]), labels[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-    return probe.eval()
-
-
-@torch.no_grad()
-def probe_accuracy(probe: nn.Module, feats: Tensor, labels: Tensor) -> float:
-    """Top-1 accuracy in percent."""
-    if len(labels) == 0:
-        return math.nan
-    return 100.0 * (probe(feats.float()).argmax(dim=1) == labels).float().mean().item()

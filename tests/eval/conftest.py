@@ -11,3 +11,9 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _own_folder(tmp_path, monkeypatch):
+    """Each test runs in its own folder: an eval without a checkpoint writes its table to ./eval."""
+    monkeypatch.chdir(tmp_path)

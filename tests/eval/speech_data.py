@@ -98,8 +98,12 @@ def dataset(num_speakers: int, per_speaker: int, samples: int, *, seed: int = 0)
 
 
 def speech_shards(root: Path, *, num_speakers: int = 3, per_speaker: int = 4, seconds: float = 0.5,
-                  per_shard: int = 4, seed: int = 0) -> Path:
-    """FLAC files of synthetic speakers sharded with a `speaker` column; returns the shard folder."""
+                  per_shard: int = 4, seed: int = 0, first: int = 0) -> Path:
+    """FLAC files of synthetic speakers sharded with a `speaker` column; returns the shard folder.
+
+    `first` numbers the utterances from there, so two calls with the same seed and disjoint ranges make train and
+    held-out sets of the same speakers.
+    """
     import av
 
     from pipelines.sharding.tool import ShardOptions, run_sharding
@@ -109,7 +113,7 @@ def speech_shards(root: Path, *, num_speakers: int = 3, per_speaker: int = 4, se
     spk = speakers(num_speakers, seed=seed)
     rows = []
     for i, s in enumerate(spk):
-        for j in range(per_speaker):
+        for j in range(first, first + per_speaker):
             wave = utterance(s, int(seconds * RATE), seed=seed * 7919 + i * 101 + j)
             name = f"s{i}-u{j}.flac"
             pcm = (wave * 32767).astype(np.int16).reshape(1, -1)  # (1, n): mono, interleaved

@@ -30,4 +30,4 @@ def test_copy_is_perfect_on_a_static_sequence_and_worse_when_things_move(tmp_pat
 def test_copy_on_synthetic_videos_is_between(tmp_path) -> None:
     _, davis = write_dataset(tmp_path, train=0, val=2, cfg=SyntheticVideos(size=48, frames=10), progress=False)
     scores = copy_first_frame(read_davis(davis))
-    assert 0.05 < scores["J&F"] < 0.95
+    assert 0.05 < scores["J&F"] < 0.95  # measured 0.35: objects drift, so copying is neither useless nor perfect

@@ -76,7 +76,7 @@ def test_mat_reader_round_trip(tmp_path) -> None:
         out = read_mat(path)
         np.testing.assert_array_equal(out["pos_img"], pos)  # column-major order undone
         assert out["viewpoint"] == "E" and out["s"].shape == (1, 1)
-    np.testing.assert_allclose(read_keypoints(path)[2, 3], pos[:, 3, 2] - 1)
+    np.testing.assert_allclose(read_keypoints(path)[2, 3], pos[:, 3, 2] - 1)  # integers in float64: exact
     (tmp_path / "bad.mat").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 200)
     with pytest.raises(ValueError, match="v7.3"):
         read_mat(tmp_path / "bad.mat")

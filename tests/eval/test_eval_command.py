@@ -25,7 +25,9 @@ def test_davis_raw_pixels_writes_everything(tmp_path, capsys) -> None:
         assert img.mode == "P" and img.size == (128, 96)
         assert set(np.unique(np.asarray(img))) <= {0, 1, 2}
     rows = list(csv.DictReader((out / "per_object.csv").open()))
-    assert [r["object"] for r in rows] == ["1", "2"] and float(rows[0]["J_mean"]) > 0.8
+    # raw-pixel propagation measured J 85.3 and 87.6 % on this scene, where copying the first frame scores 73.6:
+    # 80 says it tracks the objects better than copying (deterministic: no training, no unseeded draws)
+    assert [r["object"] for r in rows] == ["1", "2"] and float(rows[0]["J_mean"]) > 80
     assert (out / "overlays" / "s1.png").is_file() and (out / "summary.csv").is_file()
 
 
@@ -70,4 +72,4 @@ def test_keypoint_maps_round_trip() -> None:
     maps = keypoints_to_grid(pts, (96, 128), (12, 16), sigma=0.5)
     assert maps.shape == (4, 12, 16) and torch.all(maps[0][maps[1:].sum(0) > 0] == 0)
     back = grid_to_keypoints(maps, (96, 128), topk=3)
-    assert np.abs(back - pts).max() < 4.0  # within half a cell (8 px) of where they were
+    assert np.abs(back - pts).max() < 4.0  # within half a cell (cells are 8 px) of where they were; measured 1.06

@@ -50,6 +50,8 @@ def test_trained_features_separate_classes_random_ones_less() -> None:
         knn = topk_accuracy(knn_scores(f_tr, l_tr, f_te, k=20, temperature=0.07, num_classes=CLASSES), l_te)
         scores[name] = (evaluate_probe(probe, f_te, l_te)["top1"], knn["top1"])
     (lin_t, knn_t), (lin_r, knn_r) = scores["trained"], scores["random"]
+    # measured (seeded data): trained 99.5 linear / 96.75 k-NN, random 27.5 / 16.0 (chance 12.5); the bounds sit
+    # ~10 points under the trained scores and the gaps (72, 81) are ~3x the 25 asked for
     assert lin_t > 90 and knn_t > 85, scores
     assert lin_t - lin_r > 25 and knn_t - knn_r > 25, scores
 
@@ -57,6 +59,8 @@ def test_trained_features_separate_classes_random_ones_less() -> None:
 def test_probe_shape_and_init() -> None:
     probe = LinearProbe(16, 5)
     assert not probe.norm.affine and probe.norm.eps == 1e-6
+    # the head starts at std 0.01 (measured 0.0091 over 80 weights, sample-std sd ~8e-4): 0.02 rules out a default
+    # init (std ~0.14 for 16 inputs)
     assert torch.count_nonzero(probe.head.bias) == 0 and probe.head.weight.std() < 0.02
     with pytest.raises(ValueError, match="3 features but 2 labels"):
         train_linear_probe(torch.randn(3, 4), torch.tensor([0, 1]))

@@ -1,4 +1,9 @@
-"""Metrics against values derived by hand (the derivations are in the comments)."""
+"""Metrics against values derived by hand (the derivations are in the comments).
+
+Every `pytest.approx` here compares a float64 ratio of small integer counts with the same fraction written out:
+they differ by an ulp or so, far inside approx's 1e-6 relative; a wrong count moves a ratio by a whole count's
+share, several percent.
+"""
 
 import math
 

@@ -37,6 +37,8 @@ def test_exact_features_recover_masks(name: str) -> None:
     for t, soft in enumerate(propagate(iter(feats), first, settings), start=1):
         pred = grid_to_mask(soft, (32, 40), settings.norm_mask).numpy()
         for obj in (1, 2):
+            # features carry the label itself (noise 0.15): measured IoU 1.0 at every frame for every preset; 0.95
+            # leaves a few boundary cells of discs of ~80-110 cells
             assert region_iou(labels[t] == obj, pred == obj) > 0.95, (name, t, obj)
 
 
@@ -90,6 +92,8 @@ def test_radius_restricted_equals_brute_force(changes: dict) -> None:
     ref = brute_force(feats, first, s)
     assert len(ours) == len(ref) == 6
     for a, b in zip(ours, ref):
+        # float32 cosines over 5 dims and a softmax at temperature 0.3 against float64: measured 1e-7, 0.002 of
+        # this bound; a wrong neighbourhood or context frame is off by O(0.1)
         torch.testing.assert_close(a.double(), b, atol=1e-5, rtol=1e-4)
 
 
