@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.probe_data import CLASSES, SplitSizes, Splits, write_splits  # noqa: E402
 from mmssl.config import load_config  # noqa: E402
-from mmssl.discover import CONFIG_ROOT  # noqa: E402
+from mmssl.discover import config_root  # noqa: E402
 from mmssl.eval.compare import ProbeSettings, probe_comparison  # noqa: E402
 from mmssl.eval.table import Comparison  # noqa: E402
 from recipes.pretrain import pretrain  # noqa: E402
@@ -102,7 +102,7 @@ def pretrain_config(config: str, shards: Path, out_dir: Path, *, steps: int, bat
         overrides.append(f"data.train.batch_size={batch_size}")
     if lr is not None:
         overrides.append(f"optim.lr={lr}")
-    cfg = load_config(CONFIG_ROOT / f"{config}.yaml", overrides)
+    cfg = load_config(config_root() / f"{config}.yaml", overrides)
     cfg["train"] = {"steps": steps, "seed": seed, "log_every": max(1, steps // 10), "ckpt_every": 0,
                     "figure_every": -1, "out_dir": str(out_dir), "progress": False, "tensorboard": False,
                     "device": "cpu", "name": config.replace("/", "_")}
@@ -192,8 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     for config in args.configs:  # every name checked before any data is written or any step is run
         modality_of(config)
-        if not (CONFIG_ROOT / f"{config}.yaml").is_file():
-            parser.error(f"no config {config!r} under {CONFIG_ROOT}")
+        if not (config_root() / f"{config}.yaml").is_file():
+            parser.error(f"no config {config!r} under {config_root()}")
     torch.manual_seed(args.seed)
     print(f"probe benchmark: {len(args.configs)} configs, {args.steps} steps each, {args.probe} probe, seed "
           f"{args.seed}, {torch.get_num_threads()} threads", flush=True)
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.verbose:
                 print(table.format())
             trained, random, raw, raw_name = _top1(table)
-            cfg = load_config(CONFIG_ROOT / f"{config}.yaml")
+            cfg = load_config(config_root() / f"{config}.yaml")
             batch = args.batch_size or int(cfg["data"]["train"]["batch_size"])
             results.append(Result(config=config, modality=modality, steps=summary["steps"], batch_size=batch,
                                   trained=trained, random=random, raw=raw, raw_name=raw_name,

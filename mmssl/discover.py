@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import re
+from importlib import resources
 from pathlib import Path
 
 from mmssl.modalities import Modality, all_modalities
 
-__all__ = ["modalities", "methods", "encoders", "configs", "find_config", "CONFIG_ROOT"]
+__all__ = ["modalities", "methods", "encoders", "configs", "find_config", "config_root"]
 
-CONFIG_ROOT = Path(__file__).resolve().parent.parent / "recipes" / "configs"
-"""Where the shipped recipe configs live: recipes/configs/<modality>/<name>.yaml."""
+
+def config_root() -> Path:
+    """Where the shipped recipe configs live: recipes/configs/<modality>/<name>.yaml, found as package data of
+    `recipes` (installed or in a checkout), not by a path relative to this file."""
+    return Path(str(resources.files("recipes").joinpath("configs")))
 
 _PLAIN_VIT = re.compile(r"^vit_[a-z]+_patch\d+_\d+$")
 
@@ -39,16 +43,18 @@ def encoders(all_names: bool = False) -> list[str]:
     return sorted(names if all_names else [n for n in names if _PLAIN_VIT.match(n)])
 
 
-def configs(root: Path = CONFIG_ROOT) -> dict[str, list[str]]:
+def configs(root: Path | None = None) -> dict[str, list[str]]:
     """Shipped configs per modality folder: {modality: [config names]}."""
+    root = config_root() if root is None else root
     if not root.is_dir():
         return {}
     return {d.name: sorted(p.stem for p in d.glob("*.yaml"))
             for d in sorted(root.iterdir()) if d.is_dir() and any(d.glob("*.yaml"))}
 
 
-def find_config(name: str, modality: str | None = None, root: Path = CONFIG_ROOT) -> Path:
+def find_config(name: str, modality: str | None = None, root: Path | None = None) -> Path:
     """A config by path, or by name under recipes/configs/<modality>/ (".yaml" optional)."""
+    root = config_root() if root is None else root
     path = Path(name)
     if path.suffix in (".yaml", ".yml") and path.is_file():
         return path

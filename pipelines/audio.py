@@ -18,7 +18,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from pipelines.rng import sample_rng
+from mmssl.rng import sample_rng
 from pipelines.sample import Sample, guarded
 from pipelines.wav import read_pcm
 

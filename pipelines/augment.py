@@ -25,7 +25,7 @@ from torch import Tensor
 
 from pipelines import colour
 from pipelines.frames import ClipFrames, clip_of
-from pipelines.rng import sample_rng
+from mmssl.rng import sample_rng
 from pipelines.sample import Sample, guarded
 
 __all__ = ["Crop", "Augment", "pack", "crop_box", "resized_crop", "resized_crop_uint8", "crop_images", "crop_clips",

@@ -1,7 +1,7 @@
 """Which frames to decode: clip, frame-pair and frame-group index plans drawn from a per-sample generator.
 
 A plan is an int64 array (k, T): k clips (or pairs, or groups) of T frame indices each, in display order. It is
-a pure function of the frame count and a `numpy.random.Generator` from `pipelines.rng.sample_rng`, so a sample's
+a pure function of the frame count and a `numpy.random.Generator` from `mmssl.rng.sample_rng`, so a sample's
 clips are the same in every worker and run, and the decoder only ever touches the union of the planned frames.
 
 - Clips (VideoMAE, Tong et al. 2022): T frames at a fixed stride; a clip that would run past the end repeats the

@@ -12,7 +12,7 @@ Nothing here reads values back from a GPU, so the stage can run ahead of the tra
 (`pipelines.prefetch`); on a CPU the loader runs it inside its workers on each worker's batch (`pipelines.feed`).
 The output keys are those `mmssl.methods` documents: `image`/`video`/`audio`/`depth`/`semseg`, `frames`,
 `views`, `label`, `key`, `ids` ((seed, epoch, key) per row, for methods that draw their own per-sample
-randomness, e.g. jigsaw puzzles, through `pipelines.rng`) (and `waveform` for raw-audio methods).
+randomness, e.g. jigsaw puzzles, through `mmssl.rng`) (and `waveform` for raw-audio methods).
 """
 
 from __future__ import annotations

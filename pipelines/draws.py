@@ -2,7 +2,7 @@
 
 Every random choice the device stage makes about a sample (each view's crop box, flip, jitter factors and order,
 grayscale, blur sigma, solarize; the visible tokens of its mask) comes from the sample's own counter-based
-generators, keyed by (seed, epoch, key, view) (`pipelines.rng`), so it is the same whichever batch, worker,
+generators, keyed by (seed, epoch, key, view) (`mmssl.rng`), so it is the same whichever batch, worker,
 device or rank the sample lands in. Drawing them is per-sample Python work; `draw_sample` does it in the worker
 that decodes the sample (the device stage's `planner()` stage) and writes small tensors:
 - `draw.{view}.{name}`: the view's parameters per row (`pipelines.augment.pack`: box, flip, jitter, factors,
@@ -23,7 +23,7 @@ from torch import Tensor
 from mmssl.tokens import visible_from_mask
 from pipelines.augment import cut_box, cut_image, cut_maps
 from pipelines.images import decode_image_safely, encoded_size
-from pipelines.rng import sample_generator
+from mmssl.rng import sample_generator
 from pipelines.sample import Sample, guarded
 
 if TYPE_CHECKING:

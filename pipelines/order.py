@@ -14,7 +14,7 @@ from functools import cached_property
 
 import numpy as np
 
-from pipelines.rng import sample_seed
+from mmssl.rng import sample_seed
 
 __all__ = ["EpochOrder", "batch_slices", "num_batches"]
 

@@ -3,7 +3,7 @@
 A sample is a dict: the shard's files by extension ("mp4", "jpg", "json", "cls", "depth.png", ...), raw bytes as
 read from the tar, plus loader fields:
 - `__key__`: the sample key (no dots), `__shard__`: the shard it came from, `__index__`: its global position;
-- `__seed__`, `__epoch__`: with `__key__`, the inputs of `pipelines.rng` for per-sample randomness.
+- `__seed__`, `__epoch__`: with `__key__`, the inputs of `mmssl.rng` for per-sample randomness.
 A stage that cannot use a sample (corrupt media, a missing file) does not raise and does not drop it silently: it
 yields `skip(sample, reason)` instead, and every later stage passes such samples through untouched. The loader
 removes them when it forms batches and counts them per shard and reason.

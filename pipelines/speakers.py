@@ -30,7 +30,7 @@ from pipelines.loader import finish_batch, restore_position, run_epoch, stream_p
 from pipelines.meta import parse_meta
 from pipelines.order import EpochOrder
 from pipelines.reader import ReadTimer, read_stream
-from pipelines.rng import sample_seed
+from mmssl.rng import sample_seed
 from pipelines.sample import Sample
 from pipelines.shards import ShardList, is_local, open_shard, resolve_shards
 from pipelines.stats import LoaderStats

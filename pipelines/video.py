@@ -31,7 +31,7 @@ import torch
 
 from pipelines.clips import clip_indices, gapped_indices
 from pipelines.frames import ClipFrames
-from pipelines.rng import sample_rng
+from mmssl.rng import sample_rng
 from pipelines.sample import Sample, guarded
 from pipelines.sharding.probe import display_indices, display_rotation, has_presentation_times, probe_video
 

@@ -273,10 +273,10 @@ def tiny_overrides(path: Path) -> list[str]:
     """The tiny override list of the shipped config at `path`; a ConfigError when it has none."""
     import yaml
 
-    from mmssl.discover import CONFIG_ROOT
+    from mmssl.discover import config_root
 
     path = Path(path).resolve()
-    key = f"{path.parent.name}/{path.stem}" if path.parent.parent == CONFIG_ROOT.resolve() else str(path)
+    key = f"{path.parent.name}/{path.stem}" if path.parent.parent == config_root().resolve() else str(path)
     table = yaml.safe_load(TINY_OVERRIDES.read_text()) or {}
     if key not in table:
         raise ConfigError(f"config {key!r} has no tiny override in {TINY_OVERRIDES.name} "

@@ -1,6 +1,6 @@
 import torch
 
-from pipelines.rng import sample_generator, sample_rng, sample_seed
+from mmssl.rng import sample_generator, sample_rng, sample_seed
 
 
 def test_seed_is_a_pure_function_of_its_inputs() -> None:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from mmssl.launch import call
+
 
 def run(args: argparse.Namespace) -> int:
-    from recipes.quickstart import quickstart
-
-    quickstart(args.out, data=args.data, eval_data=args.eval_data, overrides=args.overrides, workers=args.workers)
+    call("recipes.quickstart:quickstart", args.out, data=args.data, eval_data=args.eval_data, overrides=args.overrides, workers=args.workers)
     return 0
 
 

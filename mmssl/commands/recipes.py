@@ -9,25 +9,25 @@ import subprocess
 import sys
 from pathlib import Path
 
+from mmssl.launch import call
+
 MODALITIES = ("image", "video", "audio", "multimodal")
 
 
 def _pretrain(args: argparse.Namespace) -> int:
     if args.nproc > 1:  # a shortcut for torchrun on one machine
-        from recipes.pretrain import check_config, load_run_config
-
         # checked here first: a mistake is one line, not one per process and a launcher's traceback after them
-        check_config(load_run_config(args.config, args.modality, list(args.overrides), tiny=args.tiny))
+        config = call("recipes.pretrain:load_run_config", args.config, args.modality, list(args.overrides),
+                      tiny=args.tiny)
+        call("recipes.pretrain:check_config", config)
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={args.nproc}", "-m",
                "recipes.pretrain", "--config", args.config, "--modality", args.modality]
         cmd += ["--resume", args.resume] if args.resume else []
         cmd += ["--tiny"] if args.tiny else []
         return subprocess.call(cmd + list(args.overrides), env=os.environ.copy())
-    from recipes.pretrain import main
-
     cmd = ["--config", args.config, "--modality", args.modality] + (["--resume", args.resume] if args.resume else [])
     cmd += ["--tiny"] if args.tiny else []
-    return main(cmd + list(args.overrides))
+    return call("recipes.pretrain:main", cmd + list(args.overrides))
 
 
 def _cp(args: argparse.Namespace) -> int:

@@ -43,8 +43,8 @@ from mmssl.methods.output import Output
 from mmssl.models.decoders import SelfAttentionDecoder
 from mmssl.models.dense import DenseHead
 from mmssl.models.gan import ConvDiscriminator
-from pipelines.pretext import batch_ids
-from pipelines.rng import sample_generator
+from mmssl.pretext import batch_ids
+from mmssl.rng import sample_generator
 
 __all__ = ["ContextEncoder", "CentreRegion", "RandomBlocks", "RandomShape", "border_weights", "MEAN_PIXEL"]
 

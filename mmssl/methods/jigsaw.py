@@ -5,7 +5,7 @@ Cut an image into 3x3 tiles, shuffle them by one permutation of a fixed set, and
 was. Follows REFERENCE.md §1.8 and bbrattoli/JigsawPuzzlePytorch (`JigsawImageLoader.py`, `select_permutations.py`,
 `JigsawNetwork.py`), the PyTorch port of the Caffe original:
 - a 225 px image makes 75 px cells; each tile is a random 64 px crop of its cell (gap and jitter against edge
-  continuity shortcuts) resized back to 75 px and standardised on its own (`pipelines.pretext.jigsaw_tiles`);
+  continuity shortcuts) resized back to 75 px and standardised on its own (`mmssl.pretext.jigsaw_tiles`);
 - against chromatic aberration (a colour shift that grows towards the border and so tells a tile's place), 30% of
   the images are made grey and every colour channel of every tile of the others is shifted by up to ±2 px per
   axis (the paper's "spatially jitter the color channels"), as the paper does;
@@ -16,7 +16,7 @@ was. Follows REFERENCE.md §1.8 and bbrattoli/JigsawPuzzlePytorch (`JigsawImageL
   classifies the permutation.
 The puzzles are cut from the whole-image batch the device stage left in `batch["image"]`. Every draw (offsets,
 permutation, grey, channel shifts) comes from the sample's own counter-based generator
-(`pipelines.pretext.sample_rngs`, keyed by the (seed, epoch, key) in `batch["ids"]`).
+(`mmssl.pretext.sample_rngs`, keyed by the (seed, epoch, key) in `batch["ids"]`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmssl.methods.output import Output
-from pipelines.pretext import (batch_ids, hamming_permutations, jigsaw_draws, jigsaw_tiles, normalize_tiles,
+from mmssl.pretext import (batch_ids, hamming_permutations, jigsaw_draws, jigsaw_tiles, normalize_tiles,
                                sample_rngs, to_grey)
 
 __all__ = ["Jigsaw"]
@@ -77,7 +77,7 @@ class Jigsaw(nn.Module):
         """Shuffled, normalised tiles (B, T, C, s, s) of images (B, C, S, S) and their permutation labels (B,).
 
         Position t of a puzzle holds tile `permutations[label, t]` (the reference's convention). `ids` name each
-        image's draws ((seed, epoch, key), see `pipelines.pretext.batch_ids`); None draws a fresh batch name.
+        image's draws ((seed, epoch, key), see `mmssl.pretext.batch_ids`); None draws a fresh batch name.
         """
         b, c, size = images.shape[0], images.shape[1], images.shape[-1]
         cell = size // self.grid

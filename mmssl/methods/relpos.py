@@ -5,14 +5,14 @@ Show a centre patch and one of its 8 neighbours and classify where the neighbour
 the paper and `mmselfsup:configs/selfsup/relative-loc` (cdoersch/deepcontext is Caffe):
 - 96 px patches on a 3x3 layout with a gap of about half a patch (48 px) and each patch jittered by up to 7 px, so
   low-level cues (edge continuation, texture across the border) cannot solve the task
-  (`pipelines.pretext.patch_pair_boxes`);
+  (`mmssl.pretext.patch_pair_boxes`);
 - against chromatic aberration, which tells a patch's place in the lens frame, colours are either projected
   (green-magenta axis removed) or dropped (two of three channels replaced by faint noise, per patch);
 - both patches go through one shared encoder; their pooled features (fc6) are concatenated and an MLP (fc7 4096,
   fc8 8-way) classifies the position, as the paper's late-fusion network does.
 The pairs are cut from the whole-image batch the device stage left in `batch["image"]`. Every draw (layout place,
 neighbour slot, jitters, dropped channels and their noise) comes from the sample's own counter-based generator
-(`pipelines.pretext.sample_rngs`, keyed by the (seed, epoch, key) in `batch["ids"]`).
+(`mmssl.pretext.sample_rngs`, keyed by the (seed, epoch, key) in `batch["ids"]`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmssl.methods.output import Output
-from pipelines.pretext import (NEIGHBOURS, batch_ids, cut_patches, drop_colour, patch_pair_boxes, project_colour,
+from mmssl.pretext import (NEIGHBOURS, batch_ids, cut_patches, drop_colour, patch_pair_boxes, project_colour,
                                sample_rngs)
 
 __all__ = ["RelativePosition"]
@@ -59,7 +59,7 @@ class RelativePosition(nn.Module):
     def pairs(self, images: Tensor, ids: list[tuple[int, int, str]] | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Centre patches, neighbour patches (B, C, p, p) and labels (B,) (indices into `NEIGHBOURS`).
 
-        `ids` name each image's draws ((seed, epoch, key), see `pipelines.pretext.batch_ids`); None draws a fresh
+        `ids` name each image's draws ((seed, epoch, key), see `mmssl.pretext.batch_ids`); None draws a fresh
         batch name.
         """
         b, c, h, w = images.shape

@@ -8,7 +8,7 @@ Rotate each image and classify by how much. Follows gidariss/FeatureLearningRotN
   45°, which need resampling and leave empty corners);
 - the classifier reads the encoder's pooled feature ([CLS] or the mean token for a ViT, the global average of the
   last feature map for a CNN), linear by default or an MLP (RotNet's NIN and AlexNet heads had hidden layers).
-The rotations are made on the whole-image batch the device stage left in `batch["image"]` (`pipelines.pretext`).
+The rotations are made on the whole-image batch the device stage left in `batch["image"]` (`mmssl.pretext`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from mmssl.methods.output import Output
 from mmssl.models.heads import MLPHead
-from pipelines.pretext import all_rotations
+from mmssl.pretext import all_rotations
 
 __all__ = ["Rotation"]
 

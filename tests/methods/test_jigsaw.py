@@ -10,7 +10,7 @@ from pretext_learning import SPEC, learn, vit
 
 from mmssl.methods.jigsaw import Jigsaw
 from mmssl.models.cnn import CNNEncoder
-from pipelines.pretext import (hamming_permutations, jigsaw_draws, jigsaw_tiles, min_hamming, normalize_tiles,
+from mmssl.pretext import (hamming_permutations, jigsaw_draws, jigsaw_tiles, min_hamming, normalize_tiles,
                                sample_rngs, to_grey)
 
 

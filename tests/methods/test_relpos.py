@@ -9,7 +9,7 @@ from pretext_learning import SPEC, learn, vit
 
 from mmssl.methods.relpos import RelativePosition
 from mmssl.models.cnn import CNNEncoder
-from pipelines.pretext import (NEIGHBOURS, batch_ids, cut_patches, drop_colour, patch_pair_boxes, project_colour,
+from mmssl.pretext import (NEIGHBOURS, batch_ids, cut_patches, drop_colour, patch_pair_boxes, project_colour,
                                sample_rngs)
 
 

@@ -8,7 +8,7 @@ from pretext_learning import SPEC, learn, vit
 
 from mmssl.models.cnn import CNNEncoder
 from mmssl.methods.rotation import Rotation
-from pipelines.pretext import all_rotations, rotate
+from mmssl.pretext import all_rotations, rotate
 
 
 def test_batches_hold_all_four_rotations_with_their_labels() -> None:

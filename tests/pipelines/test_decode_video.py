@@ -8,7 +8,7 @@ import torch
 
 from media import frame_index_of, make_corrupt, make_video
 from pipelines.clips import PlanError, clip_indices, gapped_indices
-from pipelines.rng import sample_rng
+from mmssl.rng import sample_rng
 from pipelines.sample import is_skipped
 from pipelines.video import decode_clips, decode_frame_sets
 

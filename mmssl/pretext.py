@@ -1,9 +1,10 @@
 """Batched input transforms of the pretext-task methods: rotations, jigsaw tiles, patch pairs, colour shortcuts.
 
 These run on whole images (B, C, H, W) on the device, inside the method, after the device stage has cropped,
-normalised and tokenised them (`Tokens.image()` gives the dense batch back). They sit in the data layer because
-they are pure pixel geometry. Every transform takes its random draws as arguments, so tests can pin them; the
-draws themselves come from `pipelines.rng.sample_rng(seed, epoch, key, what)`, one counter-based generator per
+normalised and tokenised them (`Tokens.image()` gives the dense batch back). They live in the library, beside the
+methods that call them, so `mmssl` imports nothing from the data pipelines (`pipelines` builds on `mmssl`, not the
+other way round). Every transform takes its random draws as arguments, so tests can pin them; the
+draws themselves come from `mmssl.rng.sample_rng(seed, epoch, key, what)`, one counter-based generator per
 sample (`batch_ids` reads the (seed, epoch, key) the device stage leaves in `batch["ids"]`), so a sample's tiles,
 permutation or patch pair are the same whichever batch, device or rank it lands in, and a resumed run repeats
 them. References (see REFERENCE.md §1.7–1.9):
@@ -35,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pipelines.rng import sample_rng
+from mmssl.rng import sample_rng
 
 __all__ = ["batch_ids", "sample_rngs", "rotate", "all_rotations", "hamming_permutations", "min_hamming",
            "jigsaw_draws", "to_grey", "jigsaw_tiles", "normalize_tiles", "NEIGHBOURS", "patch_pair_boxes",
