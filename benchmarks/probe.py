@@ -10,7 +10,7 @@ kind, videos whose class is a motion direction, audio whose class is a pitch con
 labelled train / val splits (4 classes, balanced) are sharded once and shared by every config of that modality.
 Each config is trained by `recipes.pretrain.pretrain` (its own recipe, optimiser and augmentations; only the data
 source, batch size, workers and step budget are set here) on the CPU, and its checkpoint probed by
-`mmssl.eval.compare.probe_comparison` (k-NN by default, DINO's weighted vote). The table gives top-1 of the trained
+`recipes.compare.probe_comparison` (k-NN by default, DINO's weighted vote). The table gives top-1 of the trained
 encoder, its random twin and the raw input (16x16 pixels, clip pixels or mean MFCC), and the trained one's margin
 over each, in percent points. `--markdown` prints the rows as a Markdown table (BENCHMARKS.md, README); `--out`
 writes them as JSON and CSV.
@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.probe_data import CLASSES, SplitSizes, Splits, write_splits  # noqa: E402
 from mmssl.config import load_config  # noqa: E402
 from mmssl.discover import config_root  # noqa: E402
-from mmssl.eval.compare import ProbeSettings, probe_comparison  # noqa: E402
+from recipes.compare import ProbeSettings, probe_comparison  # noqa: E402
 from mmssl.eval.table import Comparison  # noqa: E402
 from recipes.pretrain import pretrain  # noqa: E402
 

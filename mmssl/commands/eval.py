@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from mmssl.config import ConfigError
+from mmssl.launch import call
 
 __all__ = ["register", "add_propagation_parser", "run_propagation", "run_probe"]
 
@@ -80,7 +81,7 @@ def _check_frames(encoder: torch.nn.Module, checkpoint: Path) -> None:
 def run_propagation(args: argparse.Namespace) -> int:
     """Runs the propagation evaluation described by the parsed arguments and prints its comparison table."""
     from mmssl.eval.baselines import copy_first_frame
-    from mmssl.eval.compare import architecture, default_out_dir
+    from mmssl.eval.table import architecture, default_out_dir
     from mmssl.eval.datasets import DataError, read_sequences
     from mmssl.eval.encoders import PixelFeatures, checkpoint_encoder_config, dense_features, load_encoder
     from mmssl.eval.evaluate import evaluate_propagation, in_percent
@@ -166,8 +167,8 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
 
 def run_probe(args: argparse.Namespace) -> int:
     """k-NN (DINO's weighted vote) or a converged linear probe on frozen shard features, with baselines."""
-    from mmssl.eval.compare import ProbeSettings, default_out_dir, probe_comparison
     from mmssl.eval.inputs import split_modality_overrides
+    from mmssl.eval.table import default_out_dir
 
     modality, rest = split_modality_overrides(args.overrides)
     encoder_items, unknown = _split_overrides(rest)
@@ -175,11 +176,11 @@ def run_probe(args: argparse.Namespace) -> int:
         raise ConfigError(f"unknown override {unknown[0]!r}: probes take encoder.<arg>=value and modality.<field>="
                           f"value (e.g. modality.size=[64,64])")
     config, relative = _encoder_args(args, encoder_items)
-    settings = ProbeSettings(probe=args.eval_command, train=args.train, val=args.val, checkpoint=args.checkpoint,
+    settings = call("recipes.compare:ProbeSettings", probe=args.eval_command, train=args.train, val=args.val, checkpoint=args.checkpoint,
                              encoder_config=config, encoder_overrides=relative, modality=modality, k=args.k,
                              temperature=args.temperature, l2=args.l2, seed=args.seed, baselines=args.baselines,
                              batch_size=args.batch_size, workers=args.workers, device=str(_device(args.device)))
-    table = probe_comparison(settings)
+    table = call("recipes.compare:probe_comparison", settings)
     print(table.format())
     csv_path, _ = table.write(Path(args.out) if args.out else default_out_dir(args.checkpoint), args.eval_command)
     print(f"wrote {csv_path} and {csv_path.with_suffix('.json')}")

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from mmssl.config import ConfigError
+from mmssl.launch import resolve
 
 __all__ = ["add_speech_parsers", "run_speech_probe"]
 
@@ -29,11 +30,13 @@ POOL_TEXT = {"last": "last frame", "mean": "clip mean", "mean+std": "clip mean+s
 
 def run_speech_probe(args: argparse.Namespace) -> int:
     """Extracts frozen features of --train and --val for every row, fits the probes, prints and writes the table."""
-    from mmssl.eval.compare import default_out_dir
-    from mmssl.eval.speech import encode_labels, phone_features, read_alignments, speaker_features
+    from mmssl.eval.speech import encode_labels, read_alignments
     from mmssl.eval.logistic import fit_probe, probe_accuracy, train_probe
     from mmssl.eval.speech_sources import SpeechInput, encoder_sources, mfcc_source
-    from mmssl.eval.table import Comparison
+    from mmssl.eval.table import Comparison, default_out_dir
+
+    speaker_features = resolve("recipes.eval_data:speaker_features")  # the shard loaders are recipes'
+    phone_features = resolve("recipes.eval_data:phone_features")
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     items = [item[len("encoder."):] if item.startswith("encoder.") else item for item in args.overrides]

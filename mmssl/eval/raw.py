@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mmssl.eval.frozen import Extractor
+from mmssl.eval.features import Extractor
 from mmssl.eval.inputs import EvalInputs
 from mmssl.eval.speech import mfcc_frames
 from mmssl.models.cpc_audio import DOWNSAMPLING

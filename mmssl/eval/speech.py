@@ -15,27 +15,24 @@ REFERENCE.md §1.18. Every feature source is a `FrameFeatures`: waveforms (B, N)
   10 ms, so frame t covers the same audio as latent t) are the hand-made baseline; a token encoder on fbank
   patches (Audio-MAE: 16 x 16 over (frames, mel)) gives each frame the mean over frequency of the tokens in its
   patch row, so a frame's feature has the 160 ms resolution of the patches;
-- each sample is read once from the start of the clip (no shuffle, every sample); the probes themselves are in
-  `mmssl.eval.logistic`.
+- each sample is read once from the start of the clip (no shuffle, every sample: `recipes.eval_data`); the probes
+  themselves are in `mmssl.eval.logistic`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Iterator, Mapping
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from mmssl.eval.logistic import probe_accuracy, train_probe  # re-exported: tests/methods/test_cpc_speech.py
 from mmssl.models.cpc_audio import DOWNSAMPLING
 from mmssl.models.encoder import TokenEncoder
-from pipelines.audio import decode_audio
-from pipelines.loader import StreamLoader
 
 __all__ = ["FrameFeatures", "POOLS", "cpc_frames", "mfcc_frames", "token_frames", "pool_frames", "read_alignments",
-           "speaker_features", "phone_features", "encode_labels", "train_probe", "probe_accuracy"]
+           "encode_labels", "train_probe", "probe_accuracy"]
 
 POOLS = ("last", "mean", "mean+std")
 
@@ -127,105 +124,6 @@ def read_alignments(path: str | Path) -> dict[str, list[str]]:
     if not out:
         raise ValueError(f"{path}: no alignments")
     return out
-
-
-def _batches(source: str, *, samples: int, batch_size: int, workers: int) -> Iterator[dict]:
-    """Batches of every sample of `source` once, each cut from the start of the clip."""
-    loader = StreamLoader(source, batch_size=batch_size, stages=[decode_audio(samples=samples, position="start")],
-                          num_workers=workers, shuffle_window=0, shuffle_shards=False, drop_last=False, rank=0,
-                          world_size=1)
-    for batch in tqdm(loader, desc=f"audio {source}", unit="batch", leave=False):
-        if batch["__size__"]:
-            yield batch
-
-
-def _speaker(batch: dict, i: int) -> str | None:
-    meta = batch.get("json")
-    value = meta[i].get("speaker") if isinstance(meta, list) and isinstance(meta[i], dict) else None
-    if value in (None, "") and "cls" in batch:
-        value = batch["cls"][i]
-    return None if value in (None, "") else str(int(value) if isinstance(value, Tensor) else value)
-
-
-def _utterance(batch: dict, i: int) -> str:
-    meta = batch.get("json")
-    if isinstance(meta, list) and isinstance(meta[i], dict) and meta[i].get("source"):
-        return Path(str(meta[i]["source"])).name.split(".", 1)[0]
-    return batch["__key__"][i]
-
-
-def _valid_frames(lengths: Tensor, total: int) -> Tensor:
-    return (lengths // DOWNSAMPLING).clamp(1, total)  # frames holding real audio (at least one)
-
-
-def speaker_features(sources: Mapping[str, tuple[FrameFeatures, str]], source: str, *, samples: int = 20480,
-                     batch_size: int = 32, workers: int = 0,
-                     device: str | torch.device = "cpu") -> tuple[dict[str, Tensor], list[str]]:
-    """Pooled clip features of several feature sources from one pass over `source`.
-
-    Args:
-        sources: name -> (frame features, pool: see `pool_frames`).
-        source: shards (folder, index.json or pattern).
-        samples: the window read from the start of each clip.
-        batch_size: clips per batch.
-        workers: loader workers.
-        device: where the feature sources run.
-
-    Returns:
-        name -> features (N, D_name) on the CPU, and the speaker of each of the N samples that have one.
-    """
-    feats: dict[str, list[Tensor]] = {name: [] for name in sources}
-    speakers: list[str] = []
-    for batch in _batches(source, samples=samples, batch_size=batch_size, workers=workers):
-        wave = batch["audio"].to(device)
-        rows = [i for i in range(wave.shape[0]) if _speaker(batch, i) is not None]
-        speakers.extend(_speaker(batch, i) for i in rows)
-        for name, (frames, pool) in sources.items():
-            out = frames(wave)  # (B, T, D)
-            valid = _valid_frames(batch["audio_len"].to(out.device), out.shape[1])
-            feats[name].append(pool_frames(out, valid, pool)[rows].cpu())  # (B', D)
-    if not speakers:
-        raise ValueError(f"{source}: no sample has a speaker (json 'speaker' or .cls)")
-    return {name: torch.cat(parts) for name, parts in feats.items()}, speakers
-
-
-def phone_features(sources: Mapping[str, FrameFeatures], source: str, alignments: dict[str, list[str]], *,
-                   samples: int = 20480, batch_size: int = 32, workers: int = 0,
-                   device: str | torch.device = "cpu") -> tuple[dict[str, Tensor], list[str]]:
-    """Frame features of several feature sources and the phone label of every aligned frame, from one pass.
-
-    Args:
-        sources: name -> frame features.
-        source: shards (folder, index.json or pattern).
-        alignments: utterance -> one phone per 10 ms frame (`read_alignments`).
-        samples: the window read from the start of each clip.
-        batch_size: clips per batch.
-        workers: loader workers.
-        device: where the feature sources run.
-
-    Returns:
-        name -> features (F, D_name) on the CPU, and the F phone labels.
-    """
-    feats: dict[str, list[Tensor]] = {name: [] for name in sources}
-    phones: list[str] = []
-    for batch in _batches(source, samples=samples, batch_size=batch_size, workers=workers):
-        wave = batch["audio"].to(device)
-        valid = _valid_frames(batch["audio_len"], wave.shape[1] // DOWNSAMPLING)
-        spans = []  # (clip, frames kept) of the aligned clips
-        for i in range(wave.shape[0]):
-            labels = alignments.get(_utterance(batch, i))
-            if labels is not None:
-                n = min(int(valid[i]), len(labels))
-                spans.append((i, n))
-                phones.extend(labels[:n])
-        if not spans:
-            continue
-        for name, frames in sources.items():
-            out = frames(wave).cpu()  # (B, T, D)
-            feats[name].extend(out[i, :n] for i, n in spans)
-    if not phones:
-        raise ValueError(f"{source}: no sample matches an utterance of the alignment file")
-    return {name: torch.cat(parts) for name, parts in feats.items()}, phones
 
 
 def encode_labels(train: list[str], val: list[str]) -> tuple[Tensor, Tensor, Tensor, list[str]]:

@@ -12,9 +12,11 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
-__all__ = ["Row", "Comparison"]
+from torch import nn
+
+__all__ = ["Row", "Comparison", "architecture", "default_out_dir"]
 
 
 @dataclass(frozen=True)
@@ -78,3 +80,19 @@ class Comparison:
 
 def _pct(value: float) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.1f}"
+
+
+def architecture(encoder: nn.Module, config: Mapping[str, Any] | None) -> str:
+    """A short name of an encoder's architecture, e.g. "vit_tiny_patch16_224 depth 4" or "CPCAudioEncoder"."""
+    name = getattr(encoder, "name", None) or type(encoder).__name__
+    depth = getattr(encoder, "depth", None)
+    return f"{name} depth {depth}" if isinstance(depth, int) and (config or {}).get("depth") else str(name)
+
+
+def default_out_dir(checkpoint: Path | None) -> Path:
+    """Beside the run: `<run_dir>/eval` for `<run_dir>/checkpoints/x.pt`, else `eval/` next to the checkpoint,
+    else `eval/` in the working folder."""
+    if checkpoint is None:
+        return Path("eval")
+    folder = Path(checkpoint).resolve().parent
+    return (folder.parent if folder.name == "checkpoints" else folder) / "eval"

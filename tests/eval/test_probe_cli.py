@@ -6,7 +6,7 @@ from PIL import Image
 
 from mmssl.cli import main
 from mmssl.eval.encoders import load_encoder
-from mmssl.eval.frozen import shard_features
+from recipes.eval_data import shard_features
 from pipelines.sharding.tool import ShardOptions, run_sharding
 
 TINY = ["encoder.depth=1", "encoder.dim=32", "encoder.heads=2",

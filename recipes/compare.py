@@ -2,7 +2,7 @@
 input, probed on the same samples and printed as one `Comparison` table in percent.
 
 Inputs follow the checkpoint's training (`mmssl.eval.inputs`). Every source reads the same batches in one pass
-(`mmssl.eval.frozen.labelled_features`); the random init is drawn from a fixed seed and the probes have no random
+(`recipes.eval_data.labelled_features`); the random init is drawn from a fixed seed and the probes have no random
 state of their own (k-NN is exact, the linear probe starts from zero weights), so two runs print the same table.
 """
 
@@ -17,15 +17,16 @@ from torch import Tensor, nn
 
 from mmssl.config import ConfigError
 from mmssl.eval.encoders import checkpoint_encoder_config, load_encoder, read_checkpoint
-from mmssl.eval.frozen import Extractor, labelled_features, pooled_extractor
+from mmssl.eval.features import Extractor, pooled_extractor
 from mmssl.eval.inputs import EvalInputs, eval_inputs
 from mmssl.eval.knn import knn_scores, topk_accuracy
 from mmssl.eval.linear import evaluate_probe
 from mmssl.eval.logistic import fit_probe
 from mmssl.eval.raw import raw_extractor, standardise
-from mmssl.eval.table import Comparison
+from mmssl.eval.table import Comparison, architecture
+from recipes.eval_data import labelled_features
 
-__all__ = ["ProbeSettings", "probe_comparison", "check_probe_settings", "default_out_dir", "architecture"]
+__all__ = ["ProbeSettings", "probe_comparison", "check_probe_settings"]
 
 METRICS = ["top-1", "top-5"]
 
@@ -67,22 +68,6 @@ class ProbeSettings:
     batch_size: int = 64
     workers: int = 2
     device: str = "cpu"
-
-
-def architecture(encoder: nn.Module, config: Mapping[str, Any] | None) -> str:
-    """A short name of an encoder's architecture, e.g. "vit_tiny_patch16_224 depth 4" or "CPCAudioEncoder"."""
-    name = getattr(encoder, "name", None) or type(encoder).__name__
-    depth = getattr(encoder, "depth", None)
-    return f"{name} depth {depth}" if isinstance(depth, int) and (config or {}).get("depth") else str(name)
-
-
-def default_out_dir(checkpoint: Path | None) -> Path:
-    """Beside the run: `<run_dir>/eval` for `<run_dir>/checkpoints/x.pt`, else `eval/` next to the checkpoint,
-    else `eval/` in the working folder."""
-    if checkpoint is None:
-        return Path("eval")
-    folder = Path(checkpoint).resolve().parent
-    return (folder.parent if folder.name == "checkpoints" else folder) / "eval"
 
 
 def _sources(settings: ProbeSettings) -> tuple[list[tuple[str, str, nn.Module | None]], Mapping | None]:
