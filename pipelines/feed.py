@@ -32,7 +32,7 @@ class Feed:
     """Endless method-ready batches from `loader` through `stage` on `device`.
 
     Args:
-        loader: a StreamLoader or SpeakerBatchLoader (iterating one epoch per `iter`, with `state_dict()`).
+        loader: a StreamLoader (iterating one epoch per `iter`, with `state_dict()`).
         stage: the device stage (a DeviceStage, or any `stage(batch, device)`); None hands out loader batches.
         device: where the batches go.
         prefetch: batches the device stage runs ahead in a thread; None: 2 on CUDA, 0 (none) elsewhere.

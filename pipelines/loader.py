@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from pipelines.collate import collate
 from pipelines.crashes import CRASH_REASON, MAX_RESTARTS, InFlight, dead_pids, dead_workers, detach_sigchld
 from pipelines.meta import parse_meta
-from pipelines.order import EpochOrder, batch_slices, num_batches
+from pipelines.plans import BatchPlan, Reading, ShuffledStream
 from pipelines.reader import ReadTimer, read_stream
 from pipelines.sample import Sample, skip
 from pipelines.shards import ShardList, check_shards, resolve_shards
@@ -80,40 +80,36 @@ def single_threaded(worker_id: int) -> None:
 
 
 class _Epoch(IterableDataset):
-    """One rank's batches of one epoch; in a DataLoader worker, that worker's share."""
+    """One rank's batches of one epoch, as its batch plan says; in a DataLoader worker, that worker's share."""
 
-    def __init__(self, shards: ShardList, order: EpochOrder, stages: Sequence[Stage], *, global_batch: int,
-                 rank: int, world: int, start: int, drop_last: bool, seed: int,
-                 batch_stage: BatchStage | None = None, verify: bool = False, workers: int = 0,
-                 poisoned: frozenset[int] = frozenset()) -> None:
-        self.shards, self.order, self.stages = shards, order, list(stages)
-        self.global_batch, self.rank, self.world = global_batch, rank, world
-        self.start, self.drop_last, self.seed = start, drop_last, seed
+    def __init__(self, shards: ShardList, plan: BatchPlan, stages: Sequence[Stage], *, epoch: int, rank: int,
+                 world: int, start: int, seed: int, batch_stage: BatchStage | None = None, verify: bool = False,
+                 workers: int = 0, poisoned: frozenset[int] = frozenset()) -> None:
+        self.shards, self.plan, self.stages, self.epoch = shards, plan, list(stages), epoch
+        self.rank, self.world, self.start, self.seed = rank, world, start, seed
         self.batch_stage, self.verify, self.workers = batch_stage, verify, workers
         self.poisoned = poisoned  # positions whose sample crashed a worker: skipped (`pipelines.crashes`)
         self.inflight = InFlight(workers) if workers else None
 
     def resumed(self, start: int, poisoned: frozenset[int]) -> "_Epoch":
         """The same epoch from global batch `start` on, with `poisoned` positions skipped (after a worker died)."""
-        return _Epoch(self.shards, self.order, self.stages, global_batch=self.global_batch, rank=self.rank,
-                      world=self.world, start=start, drop_last=self.drop_last, seed=self.seed,
-                      batch_stage=self.batch_stage, verify=self.verify, workers=self.workers,
-                      poisoned=self.poisoned | poisoned)
+        return _Epoch(self.shards, self.plan, self.stages, epoch=self.epoch, rank=self.rank, world=self.world,
+                      start=start, seed=self.seed, batch_stage=self.batch_stage, verify=self.verify,
+                      workers=self.workers, poisoned=self.poisoned | poisoned)
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        slices = batch_slices(self.order.total, self.global_batch, self.rank, self.world, drop_last=self.drop_last,
-                              start=self.start, worker=worker, workers=workers)
-        positions = np.concatenate([np.arange(lo, hi) for _, lo, hi in slices] or [np.zeros(0, np.int64)])
+        reading = self.plan.reading(self.seed, self.epoch, rank=self.rank, world=self.world, start=self.start,
+                                    worker=worker, workers=workers)
         timer, totals = ReadTimer(), defaultdict(float)
-        stream = self._samples(positions, timer, worker)
+        stream = self._samples(reading, timer, worker)
         names = ["parse_meta"] + [getattr(s, "__name__", type(s).__name__) for s in self.stages]
         for name, stage in zip(names, [parse_meta, *self.stages]):
             stream = _Timed(iter(stage(stream)), name, totals)
-        for b, lo, hi in slices:
+        for b, count in reading.batches:
             try:
-                samples = [next(stream) for _ in range(hi - lo)]
+                samples = [next(stream) for _ in range(count)]
             except StopIteration:
                 raise RuntimeError(f"the pipeline ended before batch {b} was complete: every stage must yield "
                                    f"exactly one sample (or skip marker) per input sample") from None
@@ -128,18 +124,25 @@ class _Epoch(IterableDataset):
             totals.clear()
             yield finish_batch(batch, self.batch_stage)
 
-    def _samples(self, positions: np.ndarray, timer: ReadTimer, worker: int) -> Iterator[Sample]:
-        """Samples at `positions` (ascending), read window by window and emitted in position order."""
-        order = self.order
-        stream_idx = order.stream_index(positions)
-        window = max(order.window, 1)
-        bounds = np.flatnonzero(np.diff(positions // window)) + 1  # where a new shuffle window starts
+    def _samples(self, reading: Reading, timer: ReadTimer, worker: int) -> Iterator[Sample]:
+        """Samples at the reading's positions, read group by group (ascending stream indices: each shard is
+        read forwards) and emitted in position order."""
+        positions, stream_idx = reading.positions, reading.stream
+        bounds = np.flatnonzero(np.diff(reading.groups)) + 1  # where a new read group starts
         groups = np.split(np.arange(len(positions)), bounds)
-        needed = (int(s) for g in groups for s in np.sort(stream_idx[g]))
-        reader = read_stream(self.shards, order, needed, timer, verify=self.verify)
         held: dict[int, Sample] = {}
-        for g in groups:
-            # the window's samples arrive in stream order; hold them until all are there, then emit by position
+        for run in _ascending_runs(groups, stream_idx):
+            # one reader per run of groups whose stream indices ascend: shards are read forwards, and a stream
+            # (not seekable) is opened again only where the plan goes back (same-speaker batches do)
+            needed = (int(s) for g in run for s in np.sort(stream_idx[g]))
+            reader = read_stream(self.shards, reading.order, needed, timer, verify=self.verify)
+            yield from self._emit(run, reader, held, positions, stream_idx, worker)
+
+    def _emit(self, run: list[np.ndarray], reader: Iterator[tuple[int, Sample]], held: dict[int, Sample],
+              positions: np.ndarray, stream_idx: np.ndarray, worker: int) -> Iterator[Sample]:
+        """The samples of `run`'s groups from `reader`, in position order, marked for crash containment."""
+        for g in run:
+            # the group's samples arrive in stream order; hold them until all are there, then emit by position
             want = set(int(s) for s in stream_idx[g])
             while not want.issubset(held):
                 s, sample = next(reader)
@@ -147,12 +150,28 @@ class _Epoch(IterableDataset):
             for i in g:
                 sample = held.pop(int(stream_idx[i]))
                 position = int(positions[i])
-                sample.update(__index__=position, __seed__=self.seed, __epoch__=order.epoch)
+                sample.update(__index__=position, __seed__=self.seed, __epoch__=self.epoch)
                 if position in self.poisoned:
                     sample = skip(sample, CRASH_REASON)
                 elif self.inflight is not None:
                     self.inflight.mark(worker, position)  # the stages run it next: if this worker dies, it did
                 yield sample
+
+
+def _ascending_runs(groups: list[np.ndarray], stream_idx: np.ndarray) -> Iterator[list[np.ndarray]]:
+    """Consecutive groups, cut where a group's first stream index is not past the previous group's last."""
+    run: list[np.ndarray] = []
+    last = -1
+    for g in groups:
+        if not len(g):
+            continue
+        if run and int(stream_idx[g].min()) <= last:
+            yield run
+            run = []
+        run.append(g)
+        last = int(stream_idx[g].max())
+    if run:
+        yield run
 
 
 def worker_batches(data: IterableDataset, *, num_workers: int, start_method: str | None, prefetch_factor: int,
@@ -263,6 +282,8 @@ class StreamLoader:
         pin_memory: pin batches for fast host-to-device copies.
         prefetch_factor: batches each worker prepares ahead.
         start_method: worker start method; default fork (stages are closures; workers never touch CUDA).
+        plan: which samples make each global batch (`pipelines.plans`); default `ShuffledStream(shuffle_window,
+            shuffle_shards, drop_last)`, e.g. `pipelines.speakers.SameSpeaker()` for same-speaker batches.
         verify: check each shard's sha256 against index.json before using its samples; the samples of a shard
             that does not match are counted skips naming it. Costs one full read of every shard a worker reads
             from (see `pipelines.shards.open_verified`); shards without a sha256 are read unchecked.
@@ -276,7 +297,7 @@ class StreamLoader:
                  rank: int | None = None, world_size: int | None = None, num_workers: int = 0,
                  shuffle_window: int = 1000, shuffle_shards: bool = True, drop_last: bool = True,
                  max_skip_fraction: float = 0.1, pin_memory: bool = False, prefetch_factor: int = 2,
-                 start_method: str | None = None, verify: bool = False) -> None:
+                 start_method: str | None = None, verify: bool = False, plan: BatchPlan | None = None) -> None:
         dist = torch.distributed.is_available() and torch.distributed.is_initialized()
         self.rank = rank if rank is not None else (torch.distributed.get_rank() if dist else 0)
         self.world_size = world_size if world_size is not None else (
@@ -296,13 +317,12 @@ class StreamLoader:
         self.batch_stage: BatchStage | None = None
         self.stats = LoaderStats(max_skip_fraction=max_skip_fraction, world_size=self.world_size)
         self.epoch, self.samples_consumed = 0, 0
-        if num_batches(self.shards.total, batch_size, drop_last=drop_last) == 0:
-            raise ValueError(f"{self.shards.total} samples make no full global batch of {batch_size}")
+        self.plan = plan if plan is not None else ShuffledStream(shuffle_window, shuffle_shards, drop_last)
+        self.plan.prepare(self.shards, batch_size)
 
     def __len__(self) -> int:
         """Batches left in the current epoch (the same on every rank)."""
-        total = num_batches(self.shards.total, self.batch_size, drop_last=self.drop_last)
-        return total - self.samples_consumed // self.batch_size
+        return self.plan.num_batches(self.seed, self.epoch) - self.samples_consumed // self.batch_size
 
     def state_dict(self) -> dict[str, int]:
         """The stream position: restoring it continues exactly (any world size or worker count)."""
@@ -311,18 +331,13 @@ class StreamLoader:
     def load_state_dict(self, state: dict[str, int]) -> None:
         restore_position(self, state)
 
-    def _order(self) -> EpochOrder:
-        return EpochOrder(self.shards.counts, seed=self.seed, epoch=self.epoch, window=self.shuffle_window,
-                          shuffle_shards=self.shuffle_shards)
-
     def __iter__(self) -> Iterator[dict]:
         """Batches for the rest of the current epoch; the next call starts the next epoch."""
         if len(self) <= 0:
             self.epoch, self.samples_consumed = self.epoch + 1, 0
-        data = _Epoch(self.shards, self._order(), self.stages, global_batch=self.batch_size, rank=self.rank,
-                      world=self.world_size, start=self.samples_consumed // self.batch_size,
-                      drop_last=self.drop_last, seed=self.seed, batch_stage=self.batch_stage, verify=self.verify,
-                      workers=self.num_workers)
+        data = _Epoch(self.shards, self.plan, self.stages, epoch=self.epoch, rank=self.rank, world=self.world_size,
+                      start=self.samples_consumed // self.batch_size, seed=self.seed, batch_stage=self.batch_stage,
+                      verify=self.verify, workers=self.num_workers)
         yield from run_epoch(self, data)
 
 

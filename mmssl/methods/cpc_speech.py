@@ -13,7 +13,7 @@ Follows `facebookresearch/CPC_audio` (`cpc/criterion/criterion.py` `CPCUnsupersi
 - negatives are drawn once per batch and shared by the K steps: a uniform row of the batch and a time index
   (t + r) mod T with r uniform in [1, T), so a negative is never the latent at the same time in its own row
   ("batch", `sampleClean`); "sequence" draws the row as the position's own one (same utterance, so same
-  speaker). With `pipelines.speakers.SpeakerBatchLoader` every batch is one speaker, so "batch" negatives are
+  speaker). With `StreamLoader(plan=pipelines.speakers.SameSpeaker())` every batch is one speaker, so "batch" negatives are
   CPC_audio's `samplingType=samespeaker`;
 - the loss is cross-entropy with the positive at index 0, averaged over the B x W positions and summed over the K
   steps; the fraction of positions whose positive scores highest is logged per step (the paper's figure 3).

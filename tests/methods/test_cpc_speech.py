@@ -15,7 +15,8 @@ from mmssl.config import load_config
 from mmssl.eval.speech import cpc_frames, mfcc_frames, probe_accuracy, train_probe
 from mmssl.methods.cpc_speech import CPCSpeech, cpc_info_nce, draw_negatives
 from mmssl.models.cpc_audio import CPCAudioEncoder, ChannelNorm, output_length
-from pipelines.speakers import SpeakerBatchLoader, speaker_plan
+from pipelines.loader import StreamLoader
+from pipelines.speakers import SameSpeaker, speaker_plan
 
 sys.path.append(str(Path(__file__).resolve().parents[1] / "eval"))  # speech_data; appended, so tests/methods/synthetic.py keeps its name
 from speech_data import dataset, speech_shards  # noqa: E402
@@ -122,17 +123,18 @@ def test_speaker_loader_batches_hold_one_speaker_for_any_rank_split(tmp_path) ->
 
     shards = speech_shards(tmp_path, num_speakers=3, per_speaker=5, seconds=0.05)
     stages = [decode_audio(samples=640, position="random")]
-    whole = list(SpeakerBatchLoader(str(shards), batch_size=4, stages=stages, seed=3))
+    whole = list(StreamLoader(str(shards), batch_size=4, stages=stages, seed=3, plan=SameSpeaker()))
     assert len(whole) == 3
     for batch in whole:
         assert len({m["speaker"] for m in batch["json"]}) == 1 and batch["audio"].shape == (4, 640)
-    halves = [list(SpeakerBatchLoader(str(shards), batch_size=4, stages=stages, seed=3, rank=r, world_size=2))
+    halves = [list(StreamLoader(str(shards), batch_size=4, stages=stages, seed=3, plan=SameSpeaker(), rank=r,
+                                world_size=2))
               for r in range(2)]
     for b, batch in enumerate(whole):
         assert batch["__key__"] == halves[0][b]["__key__"] + halves[1][b]["__key__"]
         # the same decoded samples: exact (default tolerances)
         torch.testing.assert_close(batch["audio"], torch.cat([halves[0][b]["audio"], halves[1][b]["audio"]]))
-    resumed = SpeakerBatchLoader(str(shards), batch_size=4, stages=stages, seed=3)
+    resumed = StreamLoader(str(shards), batch_size=4, stages=stages, seed=3, plan=SameSpeaker())
     resumed.load_state_dict({"seed": 3, "epoch": 0, "samples_consumed": 4})
     assert [b["__key__"] for b in resumed] == [b["__key__"] for b in whole[1:]]
 

@@ -16,7 +16,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "methods"))  # config_runs.py
 sys.path.append(str(Path(__file__).resolve().parents[1] / "eval"))  # speech_data.py
 
-from config_runs import audio_shards, av_shards, image_shards, multimodal_shards, video_shards  # noqa: E402
+from config_runs import (audio_shards, av_shards, check_first_loss, image_shards, multimodal_shards,  # noqa: E402
+                         video_shards)
 
 from mmssl.config import COMPONENT, ConfigError, apply_overrides, load_config, section, validate  # noqa: E402
 from recipes.pretrain import TINY_OVERRIDES, main, pretrain, tiny_overrides  # noqa: E402
@@ -43,7 +44,7 @@ def _child(node: Any, part: str) -> tuple[bool, Any]:
 def _data_kind(cfg: dict) -> str:
     """Which synthetic shards a config reads, from its loader, device stage and decode stage."""
     train, device = cfg["data"]["train"], cfg["data"].get("device") or {}
-    if train[COMPONENT].endswith("SpeakerBatchLoader"):
+    if str((train.get("plan") or {}).get(COMPONENT, "")).endswith("SameSpeaker"):
         return "speech"
     if any(stage.get("audio") for stage in train.get("stages", []) if isinstance(stage, dict)):
         return "av"
@@ -122,7 +123,8 @@ def test_paper_config_runs_two_steps_with_its_tiny_override(name: str, shards, t
     cfg = apply_overrides(cfg, [f"data.train.source={shards(kind)}"] + (
         ["data.train.shuffle_window=4"] if "shuffle_window" in cfg["data"]["train"] else []))
     cfg["train"] = {"steps": 2, "log_every": 1, "ckpt_every": 0, "figure_every": -1, "out_dir": str(tmp_path),
-                    "progress": False, "tensorboard": False, "device": "cpu", "name": name.replace("/", "-")}
+                    "progress": False, "tensorboard": False, "device": "cpu", "name": name.replace("/", "-"),
+                    "threads": 1}  # the recipe sets its own thread count: one, for a loss that does not depend on cores
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny matrices: a second thread only adds contention on a shared machine
     try:
@@ -130,6 +132,7 @@ def test_paper_config_runs_two_steps_with_its_tiny_override(name: str, shards, t
     finally:
         torch.set_num_threads(threads)
     assert summary["steps"] == 2 and math.isfinite(summary["first_loss"]) and math.isfinite(summary["last_loss"])
+    check_first_loss(f"{name} --tiny", summary)
     assert Path(summary["checkpoint"]).is_file() and (Path(summary["run_dir"]) / "loss.png").is_file()
     params = sum(p.numel() for p in summary["method"].parameters())
     assert params < 5_000_000, f"{name} with its tiny override still has {params} parameters"
