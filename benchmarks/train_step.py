@@ -4,7 +4,7 @@ Ours is what `mmssl image|video pretrain --config mae_vit_base|videomae_vit_base
 config and its `TrainStep` (fused AdamW with on-device skipping of non-finite steps, the lr schedule, the config's
 precision: bf16 autocast on CUDA, `torch.compile` on CUDA; `--no-compile` sets `train.compile=false`), fed
 synthetic collated batches put through the run's own device stage (its crops, flips and masks) before timing;
-`--checkpointing` wraps the method's blocks (`mmssl.train.checkpointing.checkpoint_blocks`). The baseline
+`--checkpointing` wraps the method's blocks (`mmssl.train.recompute.checkpoint_blocks`). The baseline
 (`benchmarks/steps.py`, `benchmarks/reference_models.py`) has the reference code's structure: timm blocks with the
 explicit softmax attention of the timm the references pin (`--baseline-sdpa` gives it SDPA), eager, fp32 weights,
 fp16 autocast + GradScaler (`--baseline-precision fp32` for fp32 math), plain `torch.optim.AdamW`, and the
@@ -145,7 +145,7 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 def run_model(model: str, args: argparse.Namespace) -> dict[str, Any]:
     """Builds both sides, checks their losses, times them in alternating rounds; prints and returns."""
-    from mmssl.train.checkpointing import checkpoint_blocks
+    from mmssl.train.recompute import checkpoint_blocks
 
     batch = args.batch or default_batch(model, args.tiny)
     run = ours_run(model, tiny=args.tiny, batch=batch, overrides=_overrides(args))  # lr scaled to the batch

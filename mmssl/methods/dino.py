@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmssl.methods.output import Output
+from mmssl.methods.views import encode_views
 from mmssl.models import TokenEncoder
 from mmssl.models.dino_head import DINOHead
 from mmssl.tokens import Tokens
@@ -44,8 +45,8 @@ from mmssl.train.distributed import is_distributed, world_size
 from mmssl.train.ema import ema_update_
 from mmssl.train.schedules import cosine_increase
 
-__all__ = ["DINO", "TeacherCentering", "multicrop_cross_entropy", "sinkhorn_knopp", "koleo_loss", "encode_views",
-           "collapse_logs", "warmup_value", "concat_views", "frozen_copy", "CENTERINGS"]
+__all__ = ["DINO", "TeacherCentering", "multicrop_cross_entropy", "sinkhorn_knopp", "koleo_loss", "add_koleo",
+           "advance_teacher_", "collapse_logs", "warmup_value", "frozen_copy", "CENTERINGS"]
 
 CENTERINGS = ("center", "sinkhorn", "none")
 
@@ -108,6 +109,27 @@ def koleo_loss(x: Tensor, *, eps: float = 1e-8) -> Tensor:
     return -(dist + eps).log().mean()
 
 
+
+def add_koleo(loss: Tensor, logs: dict[str, Tensor], global_feats: Tensor, *, views: int, weight: float) -> Tensor:
+    """`loss` plus `weight` times KoLeo summed over the `views` global views of `global_feats` (V*B, D), as DINOv2
+    sums it; logs the KoLeo term. `loss` unchanged when `weight` is 0 (DINO, iBOT)."""
+    if weight <= 0:
+        return loss
+    koleo = sum(koleo_loss(f) for f in global_feats.chunk(views))
+    logs["koleo"] = koleo.detach()
+    return loss + weight * koleo
+
+
+@torch.no_grad()
+def advance_teacher_(progress_buffer: Tensor, progress: float, *, momentum: float,
+                     pairs: Sequence[tuple[nn.Module, nn.Module]]) -> None:
+    """Stores `progress` (clamped to [0, 1]) and moves each (teacher, student) pair's teacher towards its student
+    with DINO's momentum, cosine-increased from `momentum` to 1."""
+    progress_buffer.fill_(min(max(progress, 0.0), 1.0))
+    m = cosine_increase(min(progress, 1.0), base=momentum)
+    for teacher, student in pairs:
+        ema_update_(teacher, student, m)
+
 def _entropy(p: Tensor) -> Tensor:
     return -(p * p.clamp_min(1e-12).log()).sum(-1)
 
@@ -164,32 +186,6 @@ class TeacherCentering(nn.Module):
         total = _all_reduce(logits.float().sum(0))
         batch_mean = total / (logits.shape[0] * world_size())
         self.center.mul_(self.momentum).add_(batch_mean, alpha=1 - self.momentum)
-
-
-def _group_by_grid(views: Sequence[Tokens]) -> list[tuple[int, int]]:
-    """[start, end) ranges of consecutive views on the same grid (one encoder call each, as MultiCropWrapper)."""
-    ranges, start = [], 0
-    for i in range(1, len(views) + 1):
-        if i == len(views) or views[i].grid != views[start].grid:
-            ranges.append((start, i))
-            start = i
-    return ranges
-
-
-def concat_views(views: Sequence[Tokens]) -> Tokens:
-    """Stacks views on one grid along the batch axis."""
-    first = views[0]
-    masked = [v.visible is not None for v in views]
-    if any(masked) and not all(masked):
-        raise ValueError("views of one resolution must all carry a mask or none")
-    visible = torch.cat([v.visible for v in views]) if all(masked) else None
-    return Tokens(patches=torch.cat([v.patches for v in views]), grid=first.grid, patch=first.patch,
-                  modality=first.modality, visible=visible)
-
-
-def encode_views(encoder: TokenEncoder, views: Sequence[Tokens]) -> Tensor:
-    """Pooled features (V*B, D) of all views in order, one encoder pass per resolution."""
-    return torch.cat([encoder(concat_views(views[a:b])).pooled for a, b in _group_by_grid(views)])
 
 
 def frozen_copy(module: nn.Module) -> nn.Module:
@@ -272,27 +268,23 @@ class DINO(nn.Module):
     def forward(self, batch: dict) -> Output:
         views = self.views(batch)
         n_global = self.global_views
-        feats = encode_views(self.encoder, views)  # (V*B, D)
+        feats = torch.cat(encode_views(self.encoder, views))  # (V*B, D)
         student = self.head(feats, last_layer_grad=self.last_layer_grad()).chunk(len(views))  # V x (B, K)
         with torch.no_grad():
-            teacher_logits = self.teacher_head(encode_views(self.teacher, views[:n_global])).float()  # (G*B, K)
+            teacher_feats = torch.cat(encode_views(self.teacher, views[:n_global]))  # (G*B, D)
+            teacher_logits = self.teacher_head(teacher_feats).float()  # (G*B, K)
             targets = self.centering.probs(teacher_logits, self.temperature())
         loss = dino = multicrop_cross_entropy(targets.chunk(n_global), student, student_temp=self.student_temp)
         self.centering.update(teacher_logits)
         global_feats = feats[:n_global * views[0].batch_size]
         logs = {"dino_loss": dino.detach(), "teacher_temp": self.temperature().detach(),
                 **collapse_logs(targets, global_feats.detach())}
-        if self.koleo_weight > 0:
-            koleo = sum(koleo_loss(f) for f in global_feats.chunk(n_global))  # DINOv2 sums over global views
-            loss = loss + self.koleo_weight * koleo
-            logs["koleo"] = koleo.detach()
+        loss = add_koleo(loss, logs, global_feats, views=n_global, weight=self.koleo_weight)
         logs["loss"] = loss.detach()
         return Output(loss=loss, logs=logs)
 
     @torch.no_grad()
     def update(self, progress: float) -> None:
         """After an optimiser step: move the teacher towards the student and advance the schedules."""
-        self.progress.fill_(min(max(progress, 0.0), 1.0))
-        m = cosine_increase(min(progress, 1.0), base=self.momentum)
-        ema_update_(self.teacher, self.encoder, m)
-        ema_update_(self.teacher_head, self.head, m)
+        advance_teacher_(self.progress, progress, momentum=self.momentum,
+                         pairs=[(self.teacher, self.encoder), (self.teacher_head, self.head)])

@@ -28,14 +28,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmssl.methods.dino import (TeacherCentering, collapse_logs, concat_views, encode_views, frozen_copy,
-                                koleo_loss, multicrop_cross_entropy, warmup_value)
+from mmssl.methods.dino import (TeacherCentering, add_koleo, advance_teacher_, collapse_logs, frozen_copy,
+                                multicrop_cross_entropy, warmup_value)
 from mmssl.methods.output import Output
+from mmssl.methods.views import concat_views, encode_views
 from mmssl.models import TokenEncoder
 from mmssl.models.dino_head import DINOHead
 from mmssl.tokens import BlockMask, Tokens
-from mmssl.train.ema import ema_update_
-from mmssl.train.schedules import cosine_increase
 
 __all__ = ["IBOT", "masked_patch_cross_entropy"]
 
@@ -184,7 +183,7 @@ class IBOT(nn.Module):
         pooled, cells = self.encode_masked(full, mask)
         student_cls = [self.head(pooled, last_layer_grad=grad)]
         if len(views) > n_g:
-            student_cls.append(self.head(encode_views(self.encoder, views[n_g:]), last_layer_grad=grad))
+            student_cls.append(self.head(torch.cat(encode_views(self.encoder, views[n_g:])), last_layer_grad=grad))
         student_cls = torch.cat(student_cls).chunk(len(views))  # V x (B, K)
         student_patch = patch_head(cells[mask], last_layer_grad=grad)  # (M, K')
         with torch.no_grad():
@@ -202,19 +201,14 @@ class IBOT(nn.Module):
         logs = {"cls_loss": cls_loss.detach(), "patch_loss": patch_loss.detach(),
                 "mask_ratio": mask.float().mean(), "teacher_temp": self.temperature("cls"),
                 **collapse_logs(cls_targets, pooled.detach())}
-        if self.koleo_weight > 0:
-            koleo = sum(koleo_loss(f) for f in pooled.chunk(n_g))  # DINOv2 sums over the global views
-            loss = loss + self.koleo_weight * koleo
-            logs["koleo"] = koleo.detach()
+        loss = add_koleo(loss, logs, pooled, views=n_g, weight=self.koleo_weight)
         logs["loss"] = loss.detach()
         return Output(loss=loss, logs=logs)
 
     @torch.no_grad()
     def update(self, progress: float) -> None:
         """After an optimiser step: EMA of encoder and heads into the teacher; advance the schedules."""
-        self.progress.fill_(min(max(progress, 0.0), 1.0))
-        m = cosine_increase(min(progress, 1.0), base=self.momentum)
-        ema_update_(self.teacher, self.encoder, m)
-        ema_update_(self.teacher_head, self.head, m)
+        pairs = [(self.teacher, self.encoder), (self.teacher_head, self.head)]
         if self.patch_head is not None:
-            ema_update_(self.teacher_patch_head, self.patch_head, m)
+            pairs.append((self.teacher_patch_head, self.patch_head))
+        advance_teacher_(self.progress, progress, momentum=self.momentum, pairs=pairs)

@@ -2,6 +2,10 @@
 
 A checkpoint is written to a temporary file in the same folder, flushed to disk, then renamed over the old one,
 so a crash or `kill -9` during the write leaves the previous checkpoint intact and loadable.
+
+One idea: the checkpoint file (its atomic write, its checked read, the random states it carries). Activation
+checkpointing (recomputing activations in the backward pass) is a different idea and lives in
+`mmssl.train.recompute`.
 """
 
 from __future__ import annotations

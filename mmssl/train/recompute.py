@@ -5,6 +5,10 @@ decoder runs on every token). `checkpoint_blocks` makes every block found in a `
 (the TokenEncoder trunk, the decoders) store only its input and recompute the rest when gradients are needed:
 about a third more compute for a fraction of the memory. Parameter names and the state dict are unchanged, so
 checkpoints load either way.
+
+This module trades memory for compute inside one step; `mmssl.train.checkpoint` writes and reads checkpoint files
+between runs. They share only PyTorch's word "checkpoint", so the module is named for what it does (recompute).
+The function keeps torch's name (`torch.utils.checkpoint`), the one users search for.
 """
 
 from __future__ import annotations

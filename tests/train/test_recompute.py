@@ -9,7 +9,7 @@ import torch
 from mmssl.methods.mae import MAE
 from mmssl.models import TokenEncoder
 from mmssl.tokens import Tokens, patchify
-from mmssl.train.checkpointing import checkpoint_blocks
+from mmssl.train.recompute import checkpoint_blocks
 
 
 def tiny_mae() -> MAE:
