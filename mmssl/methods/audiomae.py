@@ -24,7 +24,7 @@ from mmssl.figures import masked_reconstruction_figure
 from mmssl.losses import masked_mse, norm_pix_target
 from mmssl.methods.output import Output
 from mmssl.models import SelfAttentionDecoder, TokenEncoder, WindowDecoder
-from mmssl.tokens import RandomMask, Tokens
+from mmssl.tokens import RandomMask, Tokens, ensure_mask
 
 __all__ = ["AudioMAE"]
 
@@ -65,10 +65,7 @@ class AudioMAE(nn.Module):
 
     def masked(self, tokens: Tokens) -> Tokens:
         """The tokens with a mask: the pipeline's when it sampled one, else a fresh random one."""
-        if tokens.visible is not None:
-            return tokens
-        mask = self.masking(tokens.batch_size, tokens.grid, device=tokens.patches.device)
-        return tokens.with_mask(mask, self.masking.visible_count(tokens.grid))  # known count: no host read
+        return ensure_mask(tokens, self.masking)
 
     def target(self, tokens: Tokens) -> Tensor:
         """The regression target (B, N, P)."""

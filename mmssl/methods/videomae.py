@@ -26,7 +26,7 @@ from mmssl.losses import masked_mse
 from mmssl.methods.output import Output
 from mmssl.modalities import Modality
 from mmssl.models import SelfAttentionDecoder, TokenEncoder
-from mmssl.tokens import Tokens, TubeMask, patchify, unpatchify
+from mmssl.tokens import Tokens, TubeMask, ensure_mask, patchify, unpatchify
 
 __all__ = ["VideoMAE", "tubelet_target"]
 
@@ -97,10 +97,7 @@ class VideoMAE(nn.Module):
 
     def masked(self, tokens: Tokens) -> Tokens:
         """The tokens with a mask: the pipeline's when it sampled one, else a fresh tube mask."""
-        if tokens.visible is not None:
-            return tokens
-        mask = self.masking(tokens.batch_size, tokens.grid, device=tokens.patches.device)
-        return tokens.with_mask(mask, self.masking.visible_count(tokens.grid))  # known count: no host read
+        return ensure_mask(tokens, self.masking)
 
     def target(self, tokens: Tokens) -> Tensor:
         """The regression target (B, N, V*C)."""

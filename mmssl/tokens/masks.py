@@ -14,14 +14,27 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from torch import Tensor
 
+if TYPE_CHECKING:  # core imports nothing from here, but the annotation is all that is needed
+    from mmssl.tokens.core import Tokens
+
 __all__ = [
     "RandomMask", "TubeMask", "BlockMask", "CentreMask", "StripeMask", "DirichletMask", "NoMask", "AllMask",
+    "ensure_mask",
 ]
+
+
+def ensure_mask(tokens: "Tokens", sampler) -> "Tokens":
+    """`tokens` with a mask: the one the pipeline sampled when there is one, else a fresh one from `sampler`,
+    whose visible count is known from the grid (no host read of the mask)."""
+    if tokens.visible is not None:
+        return tokens
+    mask = sampler(tokens.batch_size, tokens.grid, device=tokens.patches.device)
+    return tokens.with_mask(mask, sampler.visible_count(tokens.grid))
 
 
 def _check_ratio(ratio: float, name: str) -> None:
