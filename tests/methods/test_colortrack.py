@@ -209,8 +209,9 @@ def test_colorizer_learns_to_colour_and_track(tmp_path) -> None:
 
 
 def test_tiny_config_runs_two_steps(tmp_path) -> None:
-    from config_runs import two_steps, video_shards
+    from config_runs import check_first_loss, two_steps, video_shards
 
     summary = two_steps("video/colortrack_tiny", video_shards(tmp_path), tmp_path / "runs")
     assert summary["steps"] == 2 and math.isfinite(summary["last_loss"])
+    check_first_loss("video/colortrack_tiny", summary)
     assert bool(summary["method"].fitted)

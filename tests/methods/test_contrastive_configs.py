@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from mmssl.config import load_config
 from pipelines.sharding.tool import ShardOptions, run_sharding
@@ -13,6 +14,7 @@ from recipes.pretrain import pretrain
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/media.py
 from media import make_image, make_video  # noqa: E402
+from config_runs import check_first_loss  # noqa: E402  (tests/methods/config_runs.py, on the path by conftest)
 
 CONFIGS = Path(__file__).resolve().parents[2] / "recipes" / "configs"
 TINY = ["image/simclr_tiny", "image/mocov2_tiny", "image/mocov3_tiny", "image/byol_tiny", "video/simclr_tiny",
@@ -50,7 +52,13 @@ def test_tiny_config_runs_two_steps(name: str, shards: dict[str, Path], tmp_path
     cfg = load_config(CONFIGS / f"{name}.yaml", [f"data.train.source={shards[kind]}", "data.train.batch_size=4",
                                                   "data.train.num_workers=0", "data.train.shuffle_window=4"])
     cfg["train"] = {"steps": 2, "log_every": 1, "out_dir": str(tmp_path), "progress": False, "tensorboard": False,
-                    "figure_every": -1, "name": name.replace("/", "-")}
-    summary = pretrain(cfg)
+                    "figure_every": -1, "name": name.replace("/", "-"), "device": "cpu",
+                    "threads": 1}  # one thread: a first loss that does not depend on the machine's cores
+    threads = torch.get_num_threads()
+    try:
+        summary = pretrain(cfg)
+    finally:
+        torch.set_num_threads(threads)  # the recipe set its own
     assert summary["steps"] == 2 and math.isfinite(summary["last_loss"])
+    check_first_loss(name, summary)
     assert Path(summary["checkpoint"]).exists()

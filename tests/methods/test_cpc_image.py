@@ -158,7 +158,8 @@ def test_cpc_learns_textures_beyond_random_init() -> None:
 
 
 def test_tiny_config_runs_two_steps(tmp_path) -> None:
-    from config_runs import image_shards, two_steps
+    from config_runs import check_first_loss, image_shards, two_steps
 
     summary = two_steps("image/cpc_tiny", image_shards(tmp_path), tmp_path / "runs")
     assert summary["steps"] == 2 and math.isfinite(summary["last_loss"])
+    check_first_loss("image/cpc_tiny", summary)

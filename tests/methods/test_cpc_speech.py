@@ -194,13 +194,15 @@ def test_cpc_learns_speakers_beyond_random_init_and_mfcc() -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["audio/cpc_tiny", "audio/cpc_speech_paper"])
 def test_configs_run_two_steps(name: str, tmp_path) -> None:
+    from config_runs import check_first_loss
     from recipes.pretrain import pretrain
 
     shards = speech_shards(tmp_path, num_speakers=2, per_speaker=2, seconds=1.3)
     cfg = load_config(CONFIGS / f"{name}.yaml", [f"data.train.source={shards}", "data.train.batch_size=2",
                                                   "data.train.num_workers=0"])
     cfg["train"] = {"steps": 2, "log_every": 1, "out_dir": str(tmp_path / "runs"), "progress": False,
-                    "tensorboard": False, "figure_every": -1, "device": "cpu", "name": name.replace("/", "-")}
+                    "tensorboard": False, "figure_every": -1, "device": "cpu", "name": name.replace("/", "-"),
+                    "threads": 1}  # the recipe sets its own thread count: one, for a loss that does not depend on cores
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -208,4 +210,5 @@ def test_configs_run_two_steps(name: str, tmp_path) -> None:
     finally:
         torch.set_num_threads(threads)
     assert summary["steps"] == 2 and math.isfinite(summary["last_loss"])
+    check_first_loss(name, summary)
     assert Path(summary["checkpoint"]).exists()

@@ -277,12 +277,13 @@ def test_dino_learns_textures(one_thread) -> None:
 
 @pytest.mark.parametrize("name", ["image/dino_tiny", "video/dino_tiny"])
 def test_tiny_config_runs_two_steps(name: str, tmp_path) -> None:
-    from config_runs import image_shards, two_steps, video_shards
+    from config_runs import check_first_loss, image_shards, two_steps, video_shards
 
     shards = (video_shards if name.startswith("video") else image_shards)(tmp_path)
     summary = two_steps(name, shards, tmp_path / "runs")
     method = summary["method"]
     assert summary["steps"] == 2 and math.isfinite(summary["last_loss"])
+    check_first_loss(name, summary)
     assert float(method.progress) == 1.0  # the recipe called update(progress) after each step
     assert len(method.centering.center.nonzero()) > 0  # the centre moved
     assert not torch.equal(method.teacher.blocks[0].attn.qkv.weight, method.encoder.blocks[0].attn.qkv.weight)

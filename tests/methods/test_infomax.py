@@ -121,7 +121,8 @@ def test_infomax_learns_textures() -> None:
 
 
 def test_tiny_config_runs_two_steps(tmp_path) -> None:
-    from config_runs import image_shards, two_steps
+    from config_runs import check_first_loss, image_shards, two_steps
 
     summary = two_steps("image/infomax_tiny", image_shards(tmp_path), tmp_path / "runs")
     assert summary["steps"] == 2 and math.isfinite(summary["last_loss"])
+    check_first_loss("image/infomax_tiny", summary)

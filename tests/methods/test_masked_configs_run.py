@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from config_runs import image_shards, two_steps, video_shards  # noqa: E402  (tests/methods/config_runs.py)
+from config_runs import check_first_loss, image_shards, two_steps, video_shards  # noqa: E402  (tests/methods/)
 from media import make_audio  # noqa: E402
 from pipelines.sharding.tool import ShardOptions, run_sharding
 
@@ -28,6 +28,7 @@ def shards(tmp_path_factory) -> dict[str, Path]:
 def test_tiny_config_runs_two_steps(shards, tmp_path, name: str, kind: str) -> None:
     summary = two_steps(name, shards[kind], tmp_path, batch_size=2)
     assert summary["steps"] == 2 and math.isfinite(summary["last_loss"])
+    check_first_loss(name, summary)
 
 
 @pytest.mark.slow
@@ -35,6 +36,7 @@ def test_tiny_config_runs_two_steps(shards, tmp_path, name: str, kind: str) -> N
 def test_colour_and_inpainting_configs_run_two_steps(shards, tmp_path, name: str) -> None:
     summary = two_steps(name, shards["image"], tmp_path, batch_size=2)
     assert summary["steps"] == 2 and math.isfinite(summary["last_loss"])
+    check_first_loss(name, summary)
 
 
 @pytest.mark.slow
@@ -56,3 +58,4 @@ def test_multimae_tiny_runs_two_steps_on_rgb_depth_semseg_shards(tmp_path) -> No
     run_sharding(tmp_path / "m.jsonl", tmp_path / "shards", ShardOptions(modality="multimodal"), progress=False)
     summary = two_steps("multimodal/multimae_tiny", tmp_path / "shards", tmp_path / "runs", batch_size=2)
     assert summary["steps"] == 2 and math.isfinite(summary["last_loss"])
+    check_first_loss("multimodal/multimae_tiny", summary)

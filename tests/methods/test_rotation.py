@@ -80,8 +80,9 @@ def test_rotation_learns_upright_objects() -> None:
 
 
 def test_tiny_config_runs_two_steps(tmp_path) -> None:
-    from config_runs import image_shards, two_steps
+    from config_runs import check_first_loss, image_shards, two_steps
 
     summary = two_steps("image/rotation_tiny", image_shards(tmp_path), tmp_path / "runs")
     assert summary["steps"] == 2 and math.isfinite(summary["last_loss"])
+    check_first_loss("image/rotation_tiny", summary)
     assert isinstance(summary["method"], Rotation)

@@ -1,4 +1,5 @@
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,14 @@ def test_smoke_run_writes_checkpoint_log_and_curve(image_shards: Path, tmp_path:
     # every line says how fast the run goes and how much of its time it waited for data
     assert all(r["samples_per_s"] > 0 and 0.0 <= r["data_wait"] <= 1.0 and r["skipped"] == 0 for r in lines)
     assert 0.0 <= summary["data_wait"] <= 1.0
-    assert lines[0]["lr"] < lines[1]["lr"] or lines[1]["lr"] > 0  # warmup moves the learning rate
+    # the warmup, worked out from the config (tiny_mae: blr 1e-3, batch 4, warmup_epochs 1 of epochs 4, steps 6):
+    # lr = blr * batch / 256 (the linear scaling rule), warmup = 1/4 of the run's progress, and step k (1-based)
+    # runs at progress (k - 1) / 6, so step 1 runs at lr 0 and step 2 at base * (1/6) / (1/4)
+    base = 1e-3 * 4 / 256
+    assert lines[0]["lr"] == 0.0  # exactly: the warmup starts from zero
+    # 1e-12 relative: the schedule may order its float operations differently (an ulp is ~1e-16 here); a wrong
+    # warmup length, batch scaling or step offset moves the value by 1/6 or more
+    assert math.isclose(lines[1]["lr"], base * (1 / 6) / (1 / 4), rel_tol=1e-12), lines[1]["lr"]
 
 
 @pytest.mark.parametrize("workers", [0, 2])
