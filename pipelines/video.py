@@ -22,7 +22,7 @@ videos of every size and aspect ratio batch together; `size: null` keeps each vi
 
 from __future__ import annotations
 
-import importlib.util
+import functools
 import io
 from typing import Any, Callable, Iterable, Iterator
 
@@ -172,6 +172,16 @@ def _probe(sample: Sample, data: bytes) -> dict[str, Any]:
     return probe_video(data)
 
 
+@functools.lru_cache(maxsize=1)
+def _has_decord() -> bool:
+    """Whether decord imports here (it is an extra: no wheel for aarch64)."""
+    try:
+        import decord  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def _backend_for(backend: str, meta: dict[str, Any]) -> str:
     """The CPU decoder for one file: decord where its seeks are right, PyAV where they are not or where decord is
     not installed.
@@ -185,7 +195,7 @@ def _backend_for(backend: str, meta: dict[str, Any]) -> str:
         return "pyav"
     if meta.get("order", "pts") != "pts" or meta.get("codec", "h264") not in DECORD_CODECS or meta.get("hidden"):
         return "pyav"
-    if backend == "auto" and importlib.util.find_spec("decord") is None:
+    if backend == "auto" and not _has_decord():
         return "pyav"
     return "decord"
 

@@ -122,3 +122,29 @@ def test_shipped_configs_train_on_a_mixed_real_folder(real_shards, tmp_path, nam
     summary = two_steps(name, real_shards, tmp_path, batch_size=3, steps=3)
     assert summary["steps"] == 3 and math.isfinite(summary["last_loss"])
     assert "skipped 0" in summary["data"], summary["data"]
+
+
+def test_without_decord_every_file_decodes_with_pyav(videos) -> None:
+    """decord is an extra (no aarch64 wheel): with it hidden, `auto` and `decord` both decode with PyAV."""
+    import subprocess
+    import sys
+
+    script = f"""
+import importlib.abc, sys
+class Absent(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "decord":
+            raise ImportError("No module named 'decord'")
+sys.meta_path.insert(0, Absent())
+from pathlib import Path
+from pipelines.video import decode_clips
+for backend in ("auto", "decord"):
+    path = Path({str(videos["h264_bframes.mp4"])!r})
+    sample = {{"__key__": "k", "mp4": path.read_bytes()}}
+    out = next(decode_clips(num_frames=4, stride=2, size=(64, 64), backend=backend)(iter([sample])))
+    assert "__skip__" not in out and out["decoder"] == "pyav", out.get("__skip__", out.get("decoder"))
+print("ok")
+"""
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=root, timeout=300)
+    assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-2000:]
