@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from mmssl.config import instantiate
-from mmssl.eval.features import Extractor, pooled_extractor
+from mmssl.eval.features import Extractor, pooled_extractor, real_frames
 from mmssl.eval.inputs import EvalInputs, eval_inputs
 from mmssl.eval.speech import FrameFeatures, pool_frames
 from mmssl.models.cpc_audio import DOWNSAMPLING
@@ -126,10 +126,6 @@ def _utterance(batch: dict, i: int) -> str:
     return batch["__key__"][i]
 
 
-def _clip_frames(lengths: Tensor, total: int) -> Tensor:
-    return (lengths // DOWNSAMPLING).clamp(1, total)  # frames holding real audio (at least one)
-
-
 def speaker_features(sources: Mapping[str, tuple[FrameFeatures, str]], source: str, *, samples: int = 20480,
                      batch_size: int = 32, workers: int = 0,
                      device: str | torch.device = "cpu") -> tuple[dict[str, Tensor], list[str]]:
@@ -154,7 +150,7 @@ def speaker_features(sources: Mapping[str, tuple[FrameFeatures, str]], source: s
         speakers.extend(_speaker(batch, i) for i in rows)
         for name, (frames, pool) in sources.items():
             out = frames(wave)  # (B, T, D)
-            valid = _clip_frames(batch["audio_len"].to(out.device), out.shape[1])
+            valid = real_frames(batch["audio_len"].to(out.device), out.shape[1])
             feats[name].append(pool_frames(out, valid, pool)[rows].cpu())  # (B', D)
     if not speakers:
         raise ValueError(f"{source}: no sample has a speaker (json 'speaker' or .cls)")
@@ -182,7 +178,7 @@ def phone_features(sources: Mapping[str, FrameFeatures], source: str, alignments
     phones: list[str] = []
     for batch in _batches(source, samples=samples, batch_size=batch_size, workers=workers):
         wave = batch["audio"].to(device)
-        valid = _clip_frames(batch["audio_len"], wave.shape[1] // DOWNSAMPLING)
+        valid = real_frames(batch["audio_len"], wave.shape[1] // DOWNSAMPLING)
         spans = []  # (clip, frames kept) of the aligned clips
         for i in range(wave.shape[0]):
             labels = alignments.get(_utterance(batch, i))

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from mmssl.config import ConfigError, apply_overrides, instantiate
 from mmssl.modalities import Modality, get_modality
 from mmssl.models.encoder import TokenEncoder
+from mmssl.train.checkpoint import load_checkpoint
 
 __all__ = ["DenseFeatures", "ViTFeatures", "CNNFeatures", "PixelFeatures", "load_encoder", "dense_features",
            "read_checkpoint", "checkpoint_encoder_config"]
@@ -35,11 +36,9 @@ class DenseFeatures(Protocol):
 def read_checkpoint(checkpoint: str | Path) -> Mapping:
     """A checkpoint dict ("config": the run's resolved config, "model": the method's state dict), checked."""
     path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for unreadable or unsafe pickles
+        ckpt = load_checkpoint(path)  # the training side's reader: a missing file is FileNotFoundError
+    except ValueError as err:  # unreadable: the user's file to fix, one line
         raise ConfigError(f"{path}: cannot read checkpoint: {err}") from None
     if not isinstance(ckpt, Mapping) or "model" not in ckpt:
         raise ConfigError(f"{path}: a checkpoint must be a dict with 'config' and 'model'")

@@ -15,16 +15,21 @@ from mmssl.config import ConfigError
 from mmssl.eval.inputs import EvalInputs
 from mmssl.models.cpc_audio import DOWNSAMPLING, CPCAudioEncoder
 
-__all__ = ["Extractor", "pooled_extractor", "valid_frames"]
+__all__ = ["Extractor", "pooled_extractor", "real_frames", "valid_frames"]
 
 # (collated batch, device-stage output, inputs) -> features (B, D)
 Extractor = Callable[[Mapping[str, Any], Mapping[str, Any], EvalInputs], Tensor]
 
 
+def real_frames(lengths: Tensor, total: int) -> Tensor:
+    """Frames of 160 samples (10 ms) that hold real audio in clips of `lengths` samples, at least one, at most
+    `total` (a short clip is zero-padded at its end)."""
+    return (lengths // DOWNSAMPLING).clamp(1, total)
+
+
 def valid_frames(batch: Mapping[str, Any], total: int, device: torch.device) -> Tensor:
-    """(B, T) True where a CPC frame holds real audio (a short clip is zero-padded at its end)."""
-    lengths = batch["audio_len"].to(device).reshape(-1)  # (B,)
-    count = (lengths // DOWNSAMPLING).clamp(1, total)
+    """(B, T) True where a CPC frame holds real audio."""
+    count = real_frames(batch["audio_len"].to(device).reshape(-1), total)  # (B,)
     return torch.arange(total, device=device)[None] < count[:, None]
 
 
