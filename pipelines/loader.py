@@ -309,8 +309,7 @@ class StreamLoader:
         if self.shards.total == 0:
             raise ValueError(f"the shards of {source!r} hold no samples")
         self.batch_size, self.stages, self.seed = batch_size, list(stages), seed
-        self.num_workers, self.shuffle_window, self.shuffle_shards = num_workers, shuffle_window, shuffle_shards
-        self.drop_last, self.pin_memory, self.prefetch_factor = drop_last, pin_memory, prefetch_factor
+        self.num_workers, self.pin_memory, self.prefetch_factor = num_workers, pin_memory, prefetch_factor
         self.start_method, self.verify = start_method, verify
         if verify:
             _warn_unverifiable(self.shards)
